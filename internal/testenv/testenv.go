@@ -1,0 +1,69 @@
+// Package testenv finds the files that tests share: the ONNX Runtime library, the
+// models, the labels and the sample photos installed by scripts/setup.sh.
+//
+// A test that needs one of them fails with a message saying how to install it; it never
+// skips, so a missing dependency cannot hide behind a green run.
+package testenv
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// Root returns the repository root: the folder holding go.mod.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Path returns the absolute path of rel below the repository root.
+func Path(rel string) string { return filepath.Join(Root(), rel) }
+
+func need(t testing.TB, env, rel string) string {
+	t.Helper()
+	p := os.Getenv(env)
+	if p == "" {
+		p = Path(rel)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("test asset %s is missing (%v): run `make setup` (scripts/setup.sh), which copies it from ../shared/assets or downloads it", p, err)
+	}
+	return p
+}
+
+// ORTLib returns the ONNX Runtime shared library ($INFERGATE_ORT_LIB overrides).
+func ORTLib(t testing.TB) string {
+	return need(t, "INFERGATE_ORT_LIB", "third_party/onnxruntime/lib/libonnxruntime.so.1.24.1")
+}
+
+// Model returns the default model, MobileNetV2 int8.
+func Model(t testing.TB) string {
+	return need(t, "INFERGATE_MODEL", "assets/models/mobilenetv2-12-int8.onnx")
+}
+
+// ResNet returns the ResNet-18-sized model with random weights (speed only).
+func ResNet(t testing.TB) string {
+	return need(t, "", "assets/models/resnet18-untrained.onnx")
+}
+
+// Labels returns the ImageNet class names file.
+func Labels(t testing.TB) string {
+	return need(t, "INFERGATE_LABELS", "assets/labels/imagenet_classes.txt")
+}
+
+// Image returns a sample photo by name, such as "dog.jpg".
+func Image(t testing.TB, name string) string {
+	return need(t, "", filepath.Join("assets/images", name))
+}
+
+// ReadImage returns the bytes of a sample photo.
+func ReadImage(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(Image(t, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
