@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/infer/ort"
+	"github.com/infergate/infergate/session"
+	"github.com/infergate/infergate/storage"
+	"github.com/infergate/infergate/transport"
+)
+
+// Main is the running server: the model, the database, the log writer and the HTTP
+// listener, wired together. Tests start it on port 0 as the real program does.
+type Main struct {
+	cfg            config
+	stdout, stderr io.Writer
+	log            *slog.Logger
+
+	DB         *storage.DB
+	Writer     *storage.Writer
+	Classifier *infer.Classifier
+	Server     *transport.Server
+	HTTP       *http.Server
+	ln         net.Listener
+	serveErr   chan error
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+// NewMain returns a Main for cfg; Run starts it.
+func NewMain(cfg config, stdout, stderr io.Writer) *Main {
+	return &Main{cfg: cfg, stdout: stdout, stderr: stderr}
+}
+
+// Addr returns the address the server listens on, once Run has returned.
+func (m *Main) Addr() string { return m.ln.Addr().String() }
+
+// Run opens the database, loads the model, and starts serving in the background.
+func (m *Main) Run(ctx context.Context) error {
+	c := m.cfg
+	var err error
+	if m.log, err = newLogger(c.logLevel, c.logFormat, m.stderr); err != nil {
+		return err
+	}
+	m.DB, err = storage.Open(ctx, c.db)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	m.Writer = storage.NewWriter(m.DB, storage.WriterOptions{Logger: m.log})
+	if err := m.ensureDemoUser(ctx); err != nil {
+		return err
+	}
+	if m.Classifier, err = m.loadModel(); err != nil {
+		return err
+	}
+	m.Server = transport.New(transport.Config{
+		Classifier: m.Classifier,
+		DB:         m.DB,
+		Log:        m.Writer,
+		Logger:     m.log,
+		Version:    version,
+		Limits: transport.Limits{
+			MaxImageBytes:  c.maxImageBytes,
+			MaxBodyBytes:   c.maxBodyBytes,
+			RequestTimeout: c.requestTimeout,
+			Stream: session.Limits{
+				MaxInFlight:     c.maxInFlight,
+				MaxMessageBytes: c.maxMessageBytes,
+				MaxPreAuthBytes: c.maxPreAuth,
+				AuthTimeout:     c.authTimeout,
+				WriteTimeout:    c.writeTimeout,
+				PingInterval:    c.pingInterval,
+				Heartbeat:       c.heartbeat,
+				IdleExpiry:      c.sessionExpiry,
+				Replay:          c.replay,
+				RevocationPoll:  c.revocationPoll,
+				FrameTimeout:    c.frameTimeout,
+			},
+		},
+	})
+	m.ln, err = net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	m.HTTP = &http.Server{
+		Handler:           m.Server.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+	}
+	m.serveErr = make(chan error, 1)
+	go func() { m.serveErr <- m.HTTP.Serve(m.ln) }()
+	info := m.Classifier.Info()
+	m.log.Info("serving", "addr", m.Addr(), "model", info.Name, "workers", c.workers, "db", c.db)
+	fmt.Fprintf(m.stdout, "infergate %s listening on http://%s (model %s)\n", version, m.Addr(), info.Name)
+	return nil
+}
+
+func (m *Main) loadModel() (*infer.Classifier, error) {
+	c := m.cfg
+	if err := ort.Init(c.ortLib); err != nil {
+		return nil, fmt.Errorf("load ONNX Runtime from %s (run `make setup`, or pass --ort-lib): %w", c.ortLib, err)
+	}
+	labels, err := infer.LoadLabels(c.labels)
+	if err != nil {
+		return nil, fmt.Errorf("labels: %w", err)
+	}
+	mean, err := floats3(c.mean)
+	if err != nil {
+		return nil, fmt.Errorf("--mean: %w", err)
+	}
+	std, err := floats3(c.std)
+	if err != nil {
+		return nil, fmt.Errorf("--std: %w", err)
+	}
+	if c.resize != "shorter" && c.resize != "stretch" {
+		return nil, fmt.Errorf("--resize must be shorter or stretch, not %q", c.resize)
+	}
+	backends, err := ort.OpenPool(c.model, max(1, c.workers), ort.Options{IntraOpThreads: c.threads, MaxBatch: c.maxBatch})
+	if err != nil {
+		return nil, fmt.Errorf("load model %s: %w", c.model, err)
+	}
+	cls, err := infer.New(backends, labels, infer.Options{
+		Name:       strings.TrimSuffix(filepath.Base(c.model), filepath.Ext(c.model)),
+		QueueSize:  c.queue,
+		MaxBatch:   c.maxBatch,
+		Limits:     infer.Limits{MaxBytes: c.maxImageBytes, MaxPixels: c.maxPixels},
+		Preprocess: infer.Preprocess{Mean: mean, Std: std, Resize: c.resize},
+	})
+	if err != nil {
+		for _, b := range backends {
+			b.Close()
+		}
+		return nil, fmt.Errorf("model %s: %w", c.model, err)
+	}
+	return cls, nil
+}
+
+// ensureDemoUser creates a demo user on a database with no users, prints its key once
+// and writes it, mode 0600, beside the database.
+func (m *Main) ensureDemoUser(ctx context.Context) error {
+	n, err := m.DB.CountUsers(ctx)
+	if err != nil || n > 0 {
+		return err
+	}
+	key, _, _, err := m.DB.CreateKey(ctx, "demo@localhost", storage.Limits{})
+	if err != nil {
+		return fmt.Errorf("create demo user: %w", err)
+	}
+	path := m.cfg.demoKeyFile
+	if path == "" {
+		path = filepath.Join(filepath.Dir(m.cfg.db), "demo-api-key.txt")
+	}
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write demo key: %w", err)
+	}
+	fmt.Fprintf(m.stdout, "created user demo@localhost with API key (shown once, also saved to %s):\n  %s\n", path, key)
+	return nil
+}
+
+// Close shuts down in order, each step bounded by the shutdown timeout: stop
+// accepting, end streams after answering their frames in flight (1001), wait for
+// requests, flush the log writer, close the database and the model. Idempotent.
+func (m *Main) Close() error {
+	m.closeOnce.Do(func() { m.closeErr = m.close() })
+	return m.closeErr
+}
+
+func (m *Main) close() error {
+	timeout := m.cfg.shutdownTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var errs []error
+	if m.HTTP != nil {
+		// http.Server.Shutdown closes the listener at once and waits for requests;
+		// streams are hijacked or long-lived, so the registry ends them alongside.
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.Server.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("end streams: %w", err))
+			}
+		}()
+		if err := m.HTTP.Shutdown(ctx); err != nil {
+			m.HTTP.Close()
+		}
+		wg.Wait()
+		if err := <-m.serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, err)
+		}
+	}
+	if m.Classifier != nil {
+		m.Classifier.Close()
+		ort.Destroy()
+	}
+	if m.Writer != nil {
+		if err := m.Writer.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("flush log: %w", err))
+		}
+	}
+	if m.DB != nil {
+		if err := m.DB.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close database: %w", err))
+		}
+	}
+	if m.log != nil {
+		m.log.Info("stopped")
+	}
+	return errors.Join(errs...)
+}
+
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is everything `infergate serve` can be told, by flag or INFERGATE_* variable.
+type config struct {
+	addr, db, model, labels, ortLib string
+	demoKeyFile                     string
+	workers, threads, maxBatch      int
+	queue                           int
+	resize, mean, std               string
+	maxImageBytes, maxPixels        int64
+	maxBodyBytes                    int64
+	requestTimeout                  time.Duration
+	maxInFlight                     int
+	maxMessageBytes, maxPreAuth     int64
+	authTimeout, writeTimeout       time.Duration
+	pingInterval, heartbeat         time.Duration
+	sessionExpiry, revocationPoll   time.Duration
+	frameTimeout                    time.Duration
+	replay                          int
+	shutdownTimeout                 time.Duration
+	logLevel, logFormat             string
+}
+
+// envName is the environment variable of a flag: INFERGATE_ + upper snake case.
+func envName(flagName string) string {
+	return "INFERGATE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// dbFlag adds --db, which every subcommand takes.
+func dbFlag(fs *flag.FlagSet, p *string) {
+	fs.StringVar(p, "db", "data/infergate.db", "SQLite database file (created with its folder if missing)")
+}
+
+func serveFlags(c *config) *flag.FlagSet {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "listen address (port 0 picks a free port)")
+	dbFlag(fs, &c.db)
+	fs.StringVar(&c.model, "model", "assets/models/mobilenetv2-12-int8.onnx", "ONNX image classifier: input [N,3,H,W] or [N,H,W,3] float32, output [N,classes]")
+	fs.StringVar(&c.labels, "labels", "assets/labels/imagenet_classes.txt", "class names, one per line, in output order")
+	fs.StringVar(&c.ortLib, "ort-lib", "third_party/onnxruntime/lib/libonnxruntime.so.1.24.1", "ONNX Runtime 1.24.1 shared library")
+	fs.StringVar(&c.demoKeyFile, "demo-key-file", "", "where the first start writes the demo user's key (default: demo-api-key.txt beside the database)")
+	fs.IntVar(&c.workers, "workers", runtime.NumCPU(), "model sessions running side by side; each decodes and classifies one image (or batch) at a time")
+	fs.IntVar(&c.threads, "threads", 1, "ONNX Runtime intra-op threads per worker; workers x threads should not exceed the cores")
+	fs.IntVar(&c.maxBatch, "max-batch", 1, "images a worker may run in one batch when several wait (models with a dynamic batch size)")
+	fs.IntVar(&c.queue, "queue", 64, "images waiting for a worker before new ones are answered overloaded (503)")
+	fs.StringVar(&c.resize, "resize", "shorter", "preprocessing: shorter (shorter side to 256/224 of the input, centre crop) or stretch")
+	fs.StringVar(&c.mean, "mean", "0.485,0.456,0.406", "per-channel mean of x/255, RGB")
+	fs.StringVar(&c.std, "std", "0.229,0.224,0.225", "per-channel standard deviation, RGB")
+	fs.Int64Var(&c.maxImageBytes, "max-image-bytes", 8<<20, "largest encoded image, bytes (413 image_too_large above)")
+	fs.Int64Var(&c.maxPixels, "max-pixels", 40_000_000, "largest image, pixels declared in its header, checked before decoding")
+	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", 11<<20, "largest JSON request body, bytes")
+	fs.DurationVar(&c.requestTimeout, "request-timeout", 30*time.Second, "longest a POST waits for the model")
+	fs.IntVar(&c.maxInFlight, "max-in-flight", 4, "frames of one stream being processed at once; the server stops reading past it")
+	fs.Int64Var(&c.maxMessageBytes, "max-message-bytes", 11534336, "largest stream message after auth (1009 above)")
+	fs.Int64Var(&c.maxPreAuth, "max-preauth-bytes", 4096, "largest WebSocket message before auth")
+	fs.DurationVar(&c.authTimeout, "auth-timeout", 10*time.Second, "time a WebSocket has to send its auth message")
+	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "longest write to a client before it is closed as not reading")
+	fs.DurationVar(&c.pingInterval, "ping-interval", 20*time.Second, "WebSocket keepalive ping period; no pong within it closes the stream")
+	fs.DurationVar(&c.heartbeat, "heartbeat", 15*time.Second, "SSE comment line period")
+	fs.DurationVar(&c.sessionExpiry, "session-expiry", 5*time.Minute, "an SSE session with no event stream for this long ends")
+	fs.DurationVar(&c.revocationPoll, "revocation-poll", time.Second, "how often open streams are checked for revoked keys")
+	fs.DurationVar(&c.frameTimeout, "frame-timeout", 30*time.Second, "longest a stream frame waits for the model")
+	fs.IntVar(&c.replay, "replay", 256, "SSE events kept per session for Last-Event-ID")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "longest a graceful shutdown takes before connections are cut")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	return fs
+}
+
+// parse parses args over the INFERGATE_* environment: a flag given on the command line
+// wins over its variable, which wins over the default.
+func parse(fs *flag.FlagSet, args []string) error {
+	var bad error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && bad == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				bad = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
+			}
+		}
+	})
+	if bad != nil {
+		return bad
+	}
+	return fs.Parse(args)
+}
+
+// floats3 parses "a,b,c".
+func floats3(s string) ([3]float32, error) {
+	var out [3]float32
+	parts := strings.Split(s, ",")
+	if len(parts) != 3 {
+		return out, fmt.Errorf("want three comma-separated numbers, got %q", s)
+	}
+	for i, p := range parts {
+		f, err := strconv.ParseFloat(strings.TrimSpace(p), 32)
+		if err != nil {
+			return out, fmt.Errorf("%q: %w", p, err)
+		}
+		out[i] = float32(f)
+	}
+	return out, nil
+}

@@ -1,0 +1,98 @@
+// Command infergate serves an ONNX image classifier as an API: POST, WebSocket and
+// SSE, with API keys, per-key limits and a SQLite log of every inference.
+//
+//	infergate serve [flags]            run the server
+//	infergate keys create --email E    make an API key (and its user)
+//	infergate keys list | revoke PREFIX
+//	infergate users disable --email E  close a user's streams, refuse its keys
+//	infergate usage --email E          a user's usage report
+//
+// Every flag of serve has an INFERGATE_* environment variable; see --help.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "infergate:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+const usage = `usage: infergate <command> [flags]
+
+commands:
+  serve                          run the server (see infergate serve --help)
+  keys create --email E [--rpm N --fps N --max-connections N]
+                                 print a new API key, creating the user if needed
+  keys list                      list keys (prefixes only)
+  keys revoke PREFIX             revoke a key; its open streams close within seconds
+  users disable --email E        disable a user: its keys stop working
+  usage --email E [--since T]    print a user's usage report
+  version                        print the version
+
+Every command takes --db (env INFERGATE_DB, default data/infergate.db).
+`
+
+// run is the whole program: main only adds the process's signals and exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command")
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "serve":
+		return serve(ctx, rest, stdout, stderr)
+	case "keys":
+		return keysCommand(ctx, rest, stdout, stderr)
+	case "users":
+		return usersCommand(ctx, rest, stdout, stderr)
+	case "usage":
+		return usageCommand(ctx, rest, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "infergate", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c config
+	fs := serveFlags(&c)
+	fs.SetOutput(stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("serve takes no arguments, got %q", fs.Args())
+	}
+	m := NewMain(c, stdout, stderr)
+	if err := m.Run(ctx); err != nil {
+		m.Close()
+		return err
+	}
+	<-ctx.Done()
+	fmt.Fprintln(stdout, "shutting down")
+	return m.Close()
+}

@@ -1,0 +1,146 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/storage"
+)
+
+// Classifier is what the pipeline needs of the model.
+type Classifier interface {
+	Classify(ctx context.Context, image []byte, topK int) (*infer.Result, error)
+	Info() infer.ModelInfo
+}
+
+// LogWriter commits inference log rows; Write returns once the row is committed.
+type LogWriter interface {
+	Write(ctx context.Context, row *storage.InferenceLog) error
+}
+
+// ErrLog wraps a failure to commit a log row: the result is then withheld from the
+// client, since a result must never be sent without its row.
+var ErrLog = errors.New("session: log row not committed")
+
+// Pipeline classifies one image and commits its log row. It is the single path for
+// every image, whatever the transport: POST requests call it directly, stream frames
+// through a Stream. Safe for concurrent use.
+type Pipeline struct {
+	Classifier Classifier
+	Log        LogWriter
+	Now        func() time.Time // nil = time.Now
+	// Observe, if set, is called with each image's transport and model time.
+	Observe func(transport string, inference time.Duration)
+}
+
+// Request is one image to classify and the facts its log row records.
+type Request struct {
+	Principal  *storage.Principal
+	Transport  string // post, ws or sse
+	APIVersion string // v1 or v2
+	SessionID  string // "" for POST
+	Seq        int64  // 0 for POST
+	Image      []byte
+	TopK       int
+	Start      time.Time // when the request or frame was read; zero = now
+	// Err, when set, is a failure found before inference (bad base64, a body over the
+	// limit): the image is not classified, but the request still gets its log row.
+	Err error
+}
+
+// Outcome is what happened to a Request.
+type Outcome struct {
+	Result    *infer.Result // nil on error
+	Err       error         // the client-facing cause; wraps ErrLog when the row failed
+	Status    int           // HTTP-style status recorded in the log
+	Code      string        // error code recorded in the log; "" on success
+	Latency   time.Duration // from Start to the result being ready (before the log commit)
+	Inference time.Duration
+}
+
+// StatusCoder maps an error to the HTTP-style status and code of its log row; the
+// transport layer owns that table and hands it to the pipeline.
+type StatusCoder func(err error) (status int, code string)
+
+// Run classifies req and commits its log row, and returns only after the commit. ctx
+// bounds the wait for the model; the commit is not abandoned once started, so a
+// result the client might still get always has its row.
+func (p *Pipeline) Run(ctx context.Context, req *Request, codeOf StatusCoder) Outcome {
+	now := p.now
+	if req.Start.IsZero() {
+		req.Start = now()
+	}
+	var out Outcome
+	if req.Err != nil {
+		out.Err = req.Err
+	} else {
+		res, err := p.Classifier.Classify(ctx, req.Image, req.TopK)
+		out.Result, out.Err = res, err
+		if res != nil {
+			out.Inference = time.Duration(res.InferenceMS * float64(time.Millisecond))
+			if p.Observe != nil {
+				p.Observe(req.Transport, out.Inference)
+			}
+		}
+	}
+	out.Latency = now().Sub(req.Start)
+	out.Status = 200
+	if out.Err != nil {
+		out.Status, out.Code = codeOf(out.Err)
+	}
+	row := p.row(req, &out)
+	// The commit must not be cut short by a client that went away: the row is the
+	// record of work done. WithoutCancel keeps the values, drops the cancellation.
+	if err := p.Log.Write(context.WithoutCancel(ctx), row); err != nil {
+		out.Result = nil
+		out.Err = fmt.Errorf("%w: %w", ErrLog, err)
+	}
+	return out
+}
+
+func (p *Pipeline) now() time.Time {
+	if p.Now != nil {
+		return p.Now()
+	}
+	return time.Now()
+}
+
+func (p *Pipeline) row(req *Request, out *Outcome) *storage.InferenceLog {
+	row := &storage.InferenceLog{
+		UserID:      req.Principal.User.ID,
+		APIKeyID:    req.Principal.Key.ID,
+		Transport:   req.Transport,
+		APIVersion:  req.APIVersion,
+		Model:       p.Classifier.Info().Name,
+		Status:      out.Status,
+		ImageBytes:  int64(len(req.Image)),
+		InferenceMS: round2ms(out.Inference),
+		LatencyMS:   round2ms(out.Latency),
+	}
+	if req.SessionID != "" {
+		id, seq := req.SessionID, req.Seq
+		row.SessionID, row.Seq = &id, &seq
+	}
+	if out.Code != "" {
+		code := out.Code
+		row.ErrorCode = &code
+	}
+	if r := out.Result; r != nil {
+		w, h := r.Width, r.Height
+		row.Width, row.Height = &w, &h
+		if len(r.Predictions) > 0 {
+			top := r.Predictions[0]
+			label, index, conf := top.Label, top.Index, top.Confidence
+			row.TopLabel, row.TopIndex, row.TopConfidence = &label, &index, &conf
+		}
+	}
+	return row
+}
+
+func round2ms(d time.Duration) float64 {
+	return math.Round(float64(d)/float64(time.Millisecond)*100) / 100
+}

@@ -1,0 +1,90 @@
+package session
+
+import (
+	"context"
+	"sync"
+)
+
+// Replay is a Sink that keeps the last events of a stream for listeners that come and
+// go: an SSE event stream reads from it, and a reconnecting one resends what it
+// missed (Last-Event-ID). It never blocks the stream: a listener that falls more than
+// its capacity behind has lost events, and After says so. Safe for concurrent use.
+type Replay struct {
+	mu     sync.Mutex // guards the fields below
+	buf    []Event    // ring of the last len(buf) events
+	n      int        // events ever sent
+	notify chan struct{}
+	ended  bool
+}
+
+// NewReplay returns a Replay keeping the last n events.
+func NewReplay(n int) *Replay {
+	return &Replay{buf: make([]Event, n), notify: make(chan struct{})}
+}
+
+// Send appends ev and wakes the listeners.
+func (r *Replay) Send(_ context.Context, ev Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.buf[r.n%len(r.buf)] = ev
+	r.n++
+	if !r.ended {
+		close(r.notify)
+		r.notify = make(chan struct{})
+	}
+	return nil
+}
+
+// End wakes the listeners for good: After then reports ended once they have read all.
+func (r *Replay) End() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.ended {
+		r.ended = true
+		close(r.notify)
+	}
+}
+
+// Cursor is a listener's position: the number of events it has seen.
+type Cursor int
+
+// Since returns the cursor just after the event with seq (the Last-Event-ID), or the
+// oldest kept event if seq is older than what is kept. Events without a seq (pongs)
+// do not count as positions.
+func (r *Replay) Since(seq int64) Cursor {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	first := max(0, r.n-len(r.buf))
+	for i := first; i < r.n; i++ {
+		if r.buf[i%len(r.buf)].Seq > seq {
+			return Cursor(i)
+		}
+	}
+	return Cursor(r.n)
+}
+
+// Head returns the cursor after the newest event.
+func (r *Replay) Head() Cursor {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Cursor(r.n)
+}
+
+// After returns the events from c on, the cursor after them, a channel closed when
+// more arrive, whether events before the oldest kept one were lost to c, and whether
+// the stream has ended.
+func (r *Replay) After(c Cursor) (evs []Event, next Cursor, wait <-chan struct{}, lost, ended bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	first := max(0, r.n-len(r.buf))
+	if int(c) < first {
+		lost, c = true, Cursor(first)
+	}
+	for i := int(c); i < r.n; i++ {
+		evs = append(evs, r.buf[i%len(r.buf)])
+	}
+	if r.ended {
+		return evs, Cursor(r.n), r.notify, lost, len(evs) == 0
+	}
+	return evs, Cursor(r.n), r.notify, lost, false
+}

@@ -1,0 +1,113 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/storage"
+)
+
+// Error codes: the "code" of every error body and WebSocket error message.
+const (
+	CodeUnauthorized     = "unauthorized"
+	CodeForbidden        = "forbidden"
+	CodeNotFound         = "not_found"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeInvalidRequest   = "invalid_request"
+	CodeInvalidImage     = "invalid_image"
+	CodeImageTooLarge    = "image_too_large"
+	CodeUnsupportedMedia = "unsupported_media_type"
+	CodeRateLimited      = "rate_limited"
+	CodeOverloaded       = "overloaded"
+	CodeUnavailable      = "unavailable"
+	CodeInternal         = "internal"
+)
+
+// kind is one row of the error table: how a code shows on each transport.
+type kind struct {
+	status int                   // HTTP status
+	close  websocket.StatusCode  // close code when the error ends a stream; 0 = the stream stays open
+}
+
+// kinds is the one table mapping error codes to HTTP status and WebSocket close code.
+var kinds = map[string]kind{
+	CodeUnauthorized:     {http.StatusUnauthorized, 4401},
+	CodeForbidden:        {http.StatusForbidden, 4401},
+	CodeNotFound:         {http.StatusNotFound, 0},
+	CodeMethodNotAllowed: {http.StatusMethodNotAllowed, 0},
+	CodeInvalidRequest:   {http.StatusBadRequest, 0},
+	CodeInvalidImage:     {http.StatusBadRequest, 0},
+	CodeImageTooLarge:    {http.StatusRequestEntityTooLarge, websocket.StatusMessageTooBig},
+	CodeUnsupportedMedia: {http.StatusUnsupportedMediaType, 0},
+	CodeRateLimited:      {http.StatusTooManyRequests, 0},
+	CodeOverloaded:       {http.StatusServiceUnavailable, 0},
+	CodeUnavailable:      {http.StatusServiceUnavailable, websocket.StatusTryAgainLater},
+	CodeInternal:         {http.StatusInternalServerError, websocket.StatusInternalError},
+}
+
+// Error is an error a client is told about: a code from the table, a message that is
+// safe to show (it never holds the key or the image) and, for rate_limited and
+// overloaded, when to try again.
+type Error struct {
+	Code       string
+	Message    string
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Status is the HTTP status of the error's code.
+func (e *Error) Status() int {
+	if k, ok := kinds[e.Code]; ok {
+		return k.status
+	}
+	return http.StatusInternalServerError
+}
+
+// CloseCode is the WebSocket close code of errors that end a stream.
+func (e *Error) CloseCode() websocket.StatusCode { return kinds[e.Code].close }
+
+func errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// overloadedRetry is what overloaded answers suggest as Retry-After: the queue
+// usually drains within a few inference times.
+const overloadedRetry = time.Second
+
+// toError maps any error from the layers below to a client error. Errors it does not
+// know are internal: the caller logs them, the client sees only "internal".
+func toError(err error) *Error {
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, infer.ErrTooLarge):
+		return &Error{Code: CodeImageTooLarge, Message: trimPrefix(err, "infer: ")}
+	case errors.Is(err, infer.ErrInvalidImage):
+		return &Error{Code: CodeInvalidImage, Message: trimPrefix(err, "infer: ")}
+	case errors.Is(err, infer.ErrOverloaded):
+		return &Error{Code: CodeOverloaded, Message: "the inference queue is full; try again shortly", RetryAfter: overloadedRetry}
+	case errors.Is(err, infer.ErrClosed):
+		return &Error{Code: CodeUnavailable, Message: "the model is not loaded"}
+	case errors.Is(err, storage.ErrUnauthorized):
+		return &Error{Code: CodeUnauthorized, Message: "unknown or revoked API key"}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &Error{Code: CodeOverloaded, Message: "the request timed out waiting for the model", RetryAfter: overloadedRetry}
+	}
+	return &Error{Code: CodeInternal, Message: "internal error"}
+}
+
+func trimPrefix(err error, p string) string {
+	s := err.Error()
+	if len(s) > len(p) && s[:len(p)] == p {
+		return s[len(p):]
+	}
+	return s
+}

@@ -1,0 +1,192 @@
+package transport
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/infergate/infergate/ratelimit"
+	"github.com/infergate/infergate/storage"
+)
+
+type ctxKey int
+
+const (
+	keyRequestID ctxKey = iota
+	keyPrincipal
+)
+
+func requestID(ctx context.Context) string {
+	id, _ := ctx.Value(keyRequestID).(string)
+	return id
+}
+
+func principal(ctx context.Context) *storage.Principal {
+	p, _ := ctx.Value(keyPrincipal).(*storage.Principal)
+	return p
+}
+
+// maxRequestIDLen bounds a client-chosen X-Request-ID; longer or unprintable ones are
+// replaced, so ids stay safe to log and to echo.
+const maxRequestIDLen = 64
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > maxRequestIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// withRequestID takes X-Request-ID from the request when it is short and printable,
+// makes one otherwise, and sets it on the response before anything is written.
+func withRequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-ID")
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		w.Header().Set("X-Request-ID", id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyRequestID, id)))
+	})
+}
+
+// observe records metrics and one access log line per request, and turns a panic in a
+// handler into a 500 with the usual error body.
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := s.now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		s.metrics.inFlight.Inc()
+		defer func() {
+			s.metrics.inFlight.Dec()
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.ErrorContext(r.Context(), "panic in handler", "panic", fmt.Sprint(v), "request_id", requestID(r.Context()))
+				if ww.Status() == 0 {
+					s.writeError(ww, r, fmt.Errorf("panic: %v", v))
+				}
+			}
+			route := chi.RouteContext(r.Context()).RoutePattern()
+			if route == "" {
+				route = "unmatched"
+			}
+			status := ww.Status()
+			if status == 0 {
+				status = http.StatusOK
+			}
+			d := s.now().Sub(start)
+			s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+			s.metrics.latency.WithLabelValues(route).Observe(d.Seconds())
+			s.log.LogAttrs(r.Context(), levelFor(status), "request",
+				slog.String("request_id", requestID(r.Context())),
+				slog.String("method", r.Method), slog.String("route", route),
+				slog.Int("status", status), slog.Duration("duration", d),
+				slog.Int64("bytes_in", r.ContentLength), slog.String("remote", r.RemoteAddr))
+		}()
+		next.ServeHTTP(ww, r)
+	})
+}
+
+// bearer returns the token of an "Authorization: Bearer" header, or "".
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+// requireKey authenticates the Bearer API key. A key in the query string is refused
+// even when valid, so that keys do not end up in access logs and browser history.
+func (s *Server) requireKey(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("api_key") || r.URL.Query().Has("key") {
+			s.writeError(w, r, errorf(CodeUnauthorized, "API keys are not accepted in the URL; send Authorization: Bearer <key>"))
+			return
+		}
+		key := bearer(r)
+		if key == "" {
+			s.writeError(w, r, errorf(CodeUnauthorized, "missing API key: send Authorization: Bearer <key>"))
+			return
+		}
+		p, err := s.authenticate(r.Context(), key)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyPrincipal, p)))
+	})
+}
+
+func (s *Server) authenticate(ctx context.Context, key string) (*storage.Principal, error) {
+	if !strings.HasPrefix(key, "ig_") {
+		return nil, errorf(CodeUnauthorized, "unknown or revoked API key")
+	}
+	p, err := s.db.Authenticate(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("authenticate: %w", err)
+	}
+	return p, nil
+}
+
+// limitRequests applies the per-key requests_per_minute window to the POST routes.
+func (s *Server) limitRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := principal(r.Context())
+		d := s.requestLimiter.Allow(p.Key.ID, p.User.RequestsPerMinute)
+		setRateLimitHeaders(w, d)
+		if !d.Allowed {
+			s.metrics.rejected.WithLabelValues("post").Inc()
+			s.writeError(w, r, &Error{Code: CodeRateLimited,
+				Message:    fmt.Sprintf("more than %d requests in a minute; retry after %d s", d.Limit, ceilSeconds(d.RetryAfter)),
+				RetryAfter: d.RetryAfter})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// peekLimit sets the RateLimit headers on authenticated routes that do not use a slot.
+func (s *Server) peekLimit(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := principal(r.Context())
+		setRateLimitHeaders(w, s.requestLimiter.Peek(p.Key.ID, p.User.RequestsPerMinute))
+		next.ServeHTTP(w, r)
+	})
+}
+
+func setRateLimitHeaders(w http.ResponseWriter, d ratelimit.Decision) {
+	h := w.Header()
+	h.Set("RateLimit-Limit", strconv.Itoa(d.Limit))
+	h.Set("RateLimit-Remaining", strconv.Itoa(d.Remaining))
+	h.Set("RateLimit-Reset", strconv.Itoa(ceilSeconds(d.Reset)))
+}
+
+
+func levelFor(status int) slog.Level {
+	if status >= 500 {
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
+}

@@ -1,0 +1,280 @@
+package transport
+
+import (
+	"context"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/ratelimit"
+	"github.com/infergate/infergate/session"
+	"github.com/infergate/infergate/storage"
+	"github.com/infergate/infergate/web"
+)
+
+// Classifier is what the server needs of the model.
+type Classifier interface {
+	Classify(ctx context.Context, image []byte, topK int) (*infer.Result, error)
+	Info() infer.ModelInfo
+	Labels() []string
+	QueueLen() int
+}
+
+// Limits are the server's bounds. The zero value of each field means its default.
+type Limits struct {
+	// MaxImageBytes bounds the bytes of one encoded image (default 8 MiB). The model
+	// worker enforces the pixel limit; this one is checked before reading further.
+	MaxImageBytes int64
+	// MaxBodyBytes bounds a JSON request body (default 11 MiB, room for a base64
+	// image of MaxImageBytes). Larger bodies are refused with 413 without reading
+	// them whole, whether sent with Content-Length or chunked.
+	MaxBodyBytes int64
+	// RequestTimeout bounds how long a POST waits for the model (default 30 s); past
+	// it the request is answered overloaded.
+	RequestTimeout time.Duration
+	// Stream holds the limits of WebSocket and SSE sessions.
+	Stream session.Limits
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxImageBytes <= 0 {
+		l.MaxImageBytes = 8 << 20
+	}
+	if l.MaxBodyBytes <= 0 {
+		l.MaxBodyBytes = 11 << 20
+	}
+	if l.RequestTimeout <= 0 {
+		l.RequestTimeout = 30 * time.Second
+	}
+	l.Stream = l.Stream.WithDefaults()
+	return l
+}
+
+// Config is what a Server is built from. Classifier, DB and Log are required.
+type Config struct {
+	Classifier Classifier
+	DB         *storage.DB
+	Log        *storage.Writer
+	Logger     *slog.Logger     // nil = slog.Default()
+	Version    string           // reported by GET /
+	Limits     Limits
+	Now        func() time.Time // nil = time.Now; for tests
+}
+
+// Server is infergate's HTTP API: the chi router and its handlers for POST, WebSocket
+// and SSE. Create it with New, serve Handler, and call Shutdown to end its streams.
+type Server struct {
+	cls      Classifier
+	db       *storage.DB
+	writer   *storage.Writer
+	log      *slog.Logger
+	version  string
+	limits   Limits
+	now      func() time.Time
+	metrics  *metrics
+	pipeline *session.Pipeline
+	registry *session.Registry
+
+	sse            sseSessions
+	requestLimiter *ratelimit.Keyed[int64]
+	router         chi.Router
+
+	closeOnce sync.Once
+}
+
+// New builds a Server from cfg.
+func New(cfg Config) *Server {
+	s := &Server{
+		cls:     cfg.Classifier,
+		db:      cfg.DB,
+		writer:  cfg.Log,
+		log:     cfg.Logger,
+		version: cfg.Version,
+		limits:  cfg.Limits.withDefaults(),
+		now:     cfg.Now,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.version == "" {
+		s.version = "dev"
+	}
+	s.metrics = newMetrics(
+		func() float64 { return float64(s.cls.QueueLen()) },
+		func() (float64, float64) { st := s.writer.Stats(); return float64(st.Commits), float64(st.Rows) },
+	)
+	s.requestLimiter = ratelimit.NewKeyed[int64](time.Minute, s.now)
+	s.pipeline = &session.Pipeline{
+		Classifier: s.cls,
+		Log:        s.writer,
+		Now:        s.now,
+		Observe: func(transport string, d time.Duration) {
+			s.metrics.inference.WithLabelValues(transport).Observe(d.Seconds())
+		},
+	}
+	s.registry = session.NewRegistry(session.RegistryConfig{
+		Pipeline: s.pipeline,
+		Store:    s.db,
+		Limits:   s.limits.Stream,
+		Logger:   s.log,
+		Now:      s.now,
+		CodeOf:   logStatus,
+		Hooks:    s.streamHooks(),
+	})
+	s.router = s.routes()
+	return s
+}
+
+// Handler returns the HTTP handler of every route.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Registry returns the registry of open stream sessions.
+func (s *Server) Registry() *session.Registry { return s.registry }
+
+// Shutdown ends every stream session: each answers the frames it has in flight, then
+// its WebSocket closes with 1001 and its event stream ends. It returns when all have
+// ended or ctx is done. Call it after http.Server.Shutdown, which does not touch
+// hijacked WebSocket connections or wait for event streams.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return s.registry.Shutdown(ctx)
+}
+
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(withRequestID, s.observe)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, errorf(CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, errorf(CodeMethodNotAllowed, "method %s is not allowed on %s", r.Method, r.URL.Path))
+	})
+
+	r.Get("/", s.handleRoot)
+	r.Get("/healthz", s.handleHealth)
+	r.Get("/readyz", s.handleReady)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	r.Get("/openapi.json", serveFile(web.API(), "openapi.json", "application/json"))
+	r.Get("/docs", serveFile(web.API(), "docs.html", "text/html; charset=utf-8"))
+	r.Get("/demo", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/demo/", http.StatusMovedPermanently)
+	})
+	r.Handle("/demo/*", http.StripPrefix("/demo/", http.FileServerFS(web.Demo())))
+	r.Get("/v1/model/info", s.handleModelInfo)
+
+	r.Group(func(r chi.Router) {
+		r.Use(s.requireKey)
+		r.With(s.limitRequests).Post("/v1/classify", s.handleClassify("v1"))
+		r.With(s.limitRequests).Post("/v2/classify", s.handleClassify("v2"))
+		r.With(s.peekLimit).Get("/v1/usage", s.handleUsage)
+		r.With(s.peekLimit).Post("/v1/sessions", s.handleCreateSession)
+	})
+	// The stream routes authenticate themselves: the WebSocket may authenticate with
+	// its first message, and the SSE routes take the session token too.
+	r.Get("/v1/stream", s.handleStream)
+	r.Get("/v1/sessions/{id}/events", s.handleEvents)
+	r.Post("/v1/sessions/{id}/frames", s.handleFrames)
+	r.Delete("/v1/sessions/{id}", s.handleDeleteSession)
+	return r
+}
+
+func serveFile(fsys fs.FS, name, contentType string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		b, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			http.Error(w, "missing embedded file", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", contentType)
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Write(b)
+	}
+}
+
+func (s *Server) handleRoot(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{
+		"message": "infergate: image classification API. Authenticate with Authorization: Bearer <api key>.",
+		"version": s.version,
+		"docs":    "/docs",
+	})
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if s.registry.ShuttingDown() {
+		s.writeError(w, r, errorf(CodeUnavailable, "the server is shutting down"))
+		return
+	}
+	if err := s.db.Ping(ctx); err != nil {
+		s.log.WarnContext(ctx, "readiness: database", "err", err)
+		s.writeError(w, r, errorf(CodeUnavailable, "the database does not answer"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "model": s.cls.Info().Name})
+}
+
+type modelInfo struct {
+	Name         string     `json:"name"`
+	Status       string     `json:"status"`
+	NumLabels    int        `json:"num_labels"`
+	Input        inputInfo  `json:"input"`
+	LabelsSample []string   `json:"labels_sample"`
+	Preprocess   preprocess `json:"preprocessing"`
+}
+
+type inputInfo struct {
+	Name   string  `json:"name"`
+	Shape  []int64 `json:"shape"`
+	Layout string  `json:"layout"`
+}
+
+type preprocess struct {
+	Width  int `json:"width"`
+	Height int `json:"height"`
+}
+
+func (s *Server) handleModelInfo(w http.ResponseWriter, r *http.Request) {
+	info := s.cls.Info()
+	labels := s.cls.Labels()
+	sample := labels[:min(5, len(labels))]
+	layout := "NCHW"
+	if info.Layout == infer.NHWC {
+		layout = "NHWC"
+	}
+	writeJSON(w, http.StatusOK, modelInfo{
+		Name: info.Name, Status: "loaded", NumLabels: len(labels),
+		Input:        inputInfo{Name: info.InputName, Shape: info.InputShape, Layout: layout},
+		LabelsSample: sample,
+		Preprocess:   preprocess{Width: info.Width, Height: info.Height},
+	})
+}
+
+// streamHooks feed the stream metrics.
+func (s *Server) streamHooks() session.Hooks {
+	return session.Hooks{
+		Opened:   func(t string) { s.metrics.streams.WithLabelValues(t).Inc() },
+		Closed:   func(t string) { s.metrics.streams.WithLabelValues(t).Dec() },
+		Rejected: func(t string) { s.metrics.rejected.WithLabelValues(t).Inc() },
+		Answered: func(t string, ev session.Event) {
+			outcome := "ok"
+			if ev.Kind == session.KindError {
+				outcome = streamError(ev.Err).Code
+			}
+			s.metrics.frames.WithLabelValues(t, outcome).Inc()
+			s.metrics.frameTime.WithLabelValues(t).Observe(ev.Latency.Seconds())
+		},
+	}
+}

@@ -1,0 +1,442 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/session"
+	"github.com/infergate/infergate/storage"
+)
+
+// Close codes of the stream protocol beyond RFC 6455's.
+const (
+	closeAuthFailed     websocket.StatusCode = 4401
+	closeTooManyStreams websocket.StatusCode = 4429
+)
+
+// clientMessage is any text message a client sends on the WebSocket. The fields of all
+// types are in one struct so a message is decoded once, strictly; each type then
+// checks that it got only its own fields.
+type clientMessage struct {
+	Type   string          `json:"type"`
+	ID     json.RawMessage `json:"id"`
+	Image  *string         `json:"image"`
+	TopK   *int            `json:"top_k"`
+	APIKey *string         `json:"api_key"`
+}
+
+type readyMessage struct {
+	Type       string       `json:"type"`
+	SessionID  string       `json:"session_id"`
+	APIVersion string       `json:"api_version"`
+	Model      string       `json:"model"`
+	Limits     streamLimits `json:"limits"`
+}
+
+type streamLimits struct {
+	Frames          int   `json:"frames"`
+	WindowMS        int64 `json:"window_ms"`
+	MaxInFlight     int   `json:"max_in_flight"`
+	MaxMessageBytes int64 `json:"max_message_bytes"`
+}
+
+type resultMessage struct {
+	Type        string             `json:"type"`
+	ID          json.RawMessage    `json:"id,omitempty"`
+	Seq         int64              `json:"seq"`
+	Model       string             `json:"model"`
+	Predictions []infer.Prediction `json:"predictions"`
+	InferenceMS float64            `json:"inference_ms"`
+	LatencyMS   float64            `json:"latency_ms"`
+}
+
+type errorMessage struct {
+	Type         string          `json:"type"`
+	ID           json.RawMessage `json:"id,omitempty"`
+	Seq          int64           `json:"seq,omitempty"`
+	Code         string          `json:"code"`
+	Message      string          `json:"message"`
+	RetryAfterMS *int64          `json:"retry_after_ms,omitempty"`
+}
+
+func (s *Server) readyMessage(st *session.Stream) readyMessage {
+	l := s.registry.Limits()
+	return readyMessage{
+		Type: "ready", SessionID: st.ID, APIVersion: "v1", Model: s.cls.Info().Name,
+		Limits: streamLimits{
+			Frames: st.Limit(), WindowMS: l.Window.Milliseconds(),
+			MaxInFlight: l.MaxInFlight, MaxMessageBytes: l.MaxMessageBytes,
+		},
+	}
+}
+
+// eventMessage turns a stream event into its JSON message, the same on the WebSocket
+// and in SSE data lines.
+func (s *Server) eventMessage(ev session.Event) any {
+	id, _ := ev.ID.(json.RawMessage)
+	switch ev.Kind {
+	case session.KindResult:
+		return resultMessage{
+			Type: "result", ID: id, Seq: ev.Seq, Model: s.cls.Info().Name,
+			Predictions: ev.Result.Predictions,
+			InferenceMS: ms(ev.Inference), LatencyMS: ms(ev.Latency),
+		}
+	case session.KindPong:
+		return map[string]string{"type": "pong"}
+	}
+	e := streamError(ev.Err)
+	m := errorMessage{Type: "error", ID: id, Seq: ev.Seq, Code: e.Code, Message: e.Message}
+	if e.RetryAfter > 0 {
+		ra := e.RetryAfter.Milliseconds()
+		if ra == 0 {
+			ra = 1
+		}
+		m.RetryAfterMS = &ra
+	}
+	return m
+}
+
+// streamError maps a frame's error to its client error.
+func streamError(err error) *Error {
+	var lim *session.LimitedError
+	if errors.As(err, &lim) {
+		return &Error{Code: CodeRateLimited, Message: lim.Error(), RetryAfter: lim.RetryAfter}
+	}
+	return toError(err)
+}
+
+// wsSink writes a stream's events to its WebSocket.
+type wsSink struct {
+	s    *Server
+	conn *websocket.Conn
+}
+
+func (k wsSink) Send(ctx context.Context, ev session.Event) error {
+	b, err := json.Marshal(k.s.eventMessage(ev))
+	if err != nil {
+		return err
+	}
+	return k.conn.Write(ctx, websocket.MessageText, b)
+}
+
+// handleStream serves GET /v1/stream. A request with an Authorization header is
+// authenticated and checked against the connection cap before the upgrade, so a
+// refusal is a plain HTTP 401 or 429; without one, the first message must be auth.
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	var p *storage.Principal
+	if r.Header.Get("Authorization") != "" {
+		key := bearer(r)
+		if key == "" {
+			s.writeError(w, r, errorf(CodeUnauthorized, "malformed Authorization header: send Bearer <key>"))
+			return
+		}
+		var err error
+		if p, err = s.authenticate(r.Context(), key); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if err := s.registry.CanOpen(p); err != nil {
+			s.writeError(w, r, s.openError(p, err))
+			return
+		}
+	} else if s.registry.ShuttingDown() {
+		s.writeError(w, r, errorf(CodeUnavailable, "the server is shutting down"))
+		return
+	}
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		// Streams authenticate with an explicit key, never a cookie, so a page of any
+		// origin may use them: there is no ambient credential to steal.
+		InsecureSkipVerify: true,
+		// Images are compressed already; deflate would cost CPU for nothing.
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		return // Accept has answered the client
+	}
+	s.serveStream(conn, r, p)
+}
+
+func (s *Server) openError(p *storage.Principal, err error) error {
+	switch {
+	case errors.Is(err, session.ErrTooManyStreams):
+		return &Error{Code: CodeRateLimited, Message: "too many open streams for this user (max_connections " + strconv.Itoa(p.User.MaxConnections) + ")", RetryAfter: time.Second}
+	case errors.Is(err, session.ErrShuttingDown):
+		return errorf(CodeUnavailable, "the server is shutting down")
+	}
+	return err
+}
+
+// serveStream runs one WebSocket from the upgrade to its close. After Accept the
+// request's context no longer ends with the client, so lifetimes come from the
+// connection and the stream.
+func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.Principal) {
+	defer conn.CloseNow()
+	lim := s.registry.Limits()
+	if p == nil {
+		conn.SetReadLimit(lim.MaxPreAuthBytes)
+		var code websocket.StatusCode
+		var reason string
+		p, code, reason = s.authMessage(conn, lim.AuthTimeout)
+		if p == nil {
+			conn.Close(code, reason)
+			return
+		}
+	}
+	st, err := s.registry.Open(context.Background(), session.OpenParams{
+		Principal: p, Transport: "ws", RemoteAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
+		Sink: wsSink{s, conn}, Owned: true,
+	})
+	switch {
+	case errors.Is(err, session.ErrTooManyStreams):
+		conn.Close(closeTooManyStreams, "too many open streams for this user")
+		return
+	case errors.Is(err, session.ErrShuttingDown):
+		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	case err != nil:
+		s.log.Error("open stream", "err", err)
+		conn.Close(websocket.StatusInternalError, "internal error")
+		return
+	}
+	code := s.runStream(conn, st)
+	ctx, cancel := context.WithTimeout(context.Background(), lim.FrameTimeout)
+	defer cancel()
+	st.Finish(ctx, int(code))
+}
+
+// runStream reads frames until the client leaves or the stream is terminated, and
+// returns the close code it ended with.
+func (s *Server) runStream(conn *websocket.Conn, st *session.Stream) websocket.StatusCode {
+	lim := s.registry.Limits()
+	ready, _ := json.Marshal(s.readyMessage(st))
+	wctx, cancel := context.WithTimeout(st.Context(), lim.WriteTimeout)
+	err := conn.Write(wctx, websocket.MessageText, ready)
+	cancel()
+	if err != nil {
+		return websocket.StatusGoingAway
+	}
+	conn.SetReadLimit(lim.MaxMessageBytes)
+
+	readErr := make(chan error, 1)
+	go func() { readErr <- s.readFrames(conn, st) }()
+	pingDone := make(chan struct{})
+	stopPing := make(chan struct{})
+	go func() {
+		defer close(pingDone)
+		s.keepalive(conn, st, stopPing)
+	}()
+	defer func() {
+		close(stopPing)
+		<-pingDone
+	}()
+
+	select {
+	case err := <-readErr:
+		// The client closed, or broke the protocol, or went away. Its frames in
+		// flight are still answered and logged; writes may fail, which is fine.
+		st.Drain(context.Background())
+		code := websocket.CloseStatus(err)
+		switch {
+		case errors.Is(err, websocket.ErrMessageTooBig):
+			code = websocket.StatusMessageTooBig
+		case code == -1:
+			code = websocket.StatusAbnormalClosure
+		}
+		return code
+	case <-st.Context().Done():
+	}
+	cause := st.Err()
+	ctx, cancel := context.WithTimeout(context.Background(), lim.FrameTimeout)
+	st.Drain(ctx) // answer the frames in flight before closing
+	cancel()
+	code, reason := websocket.StatusCode(session.CloseCode(cause)), closeReason(cause)
+	if errors.Is(cause, session.ErrSinkFailed) {
+		conn.CloseNow()
+	} else {
+		conn.Close(code, reason)
+	}
+	<-readErr
+	return code
+}
+
+func closeReason(cause error) string {
+	switch {
+	case errors.Is(cause, session.ErrShuttingDown):
+		return "server shutting down"
+	case errors.Is(cause, session.ErrRevoked):
+		return "API key revoked"
+	case errors.Is(cause, session.ErrSinkFailed):
+		return "client not reading"
+	}
+	return ""
+}
+
+// readFrames reads messages and submits them to the stream until the connection
+// fails or the stream is terminated.
+func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream) error {
+	for {
+		// Reads use a context that never ends: cancelling a Read closes the
+		// connection at once, and a terminated stream must answer its frames first.
+		typ, data, err := conn.Read(context.Background())
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		if typ == websocket.MessageBinary {
+			f := session.Frame{Image: data, TopK: defaultTopK, Start: now}
+			if len(data) == 0 {
+				f.Err = errorf(CodeInvalidImage, "empty binary message")
+			}
+			if _, _, err := st.Submit(st.Context(), f); err != nil {
+				return err
+			}
+			continue
+		}
+		f, ping := parseFrame(data, now)
+		if ping {
+			err = st.Ping(st.Context())
+		} else {
+			_, _, err = st.Submit(st.Context(), f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// parseFrame decodes a text message after authentication. Malformed messages become
+// frames that carry their error, so they are answered in order and the stream goes on.
+func parseFrame(data []byte, now time.Time) (f session.Frame, ping bool) {
+	f = session.Frame{TopK: defaultTopK, Start: now}
+	var m clientMessage
+	if err := strictUnmarshal(data, &m); err != nil {
+		f.Err = err
+		return f, false
+	}
+	if validID(m.ID) {
+		f.ID = m.ID
+	}
+	switch m.Type {
+	case "ping":
+		if m.Image != nil || m.TopK != nil || m.APIKey != nil {
+			break
+		}
+		return f, true
+	case "frame":
+		switch {
+		case m.APIKey != nil:
+			f.Err = errorf(CodeInvalidRequest, `a frame has no field "api_key"`)
+		case m.ID != nil && !validID(m.ID):
+			f.Err = errorf(CodeInvalidRequest, `"id" must be a string or a number`)
+		case m.Image == nil:
+			f.Err = errorf(CodeInvalidRequest, `missing field "image" (base64 of the image bytes)`)
+		default:
+			if f.TopK, f.Err = checkTopK(m.TopK); f.Err == nil {
+				f.Image, f.Err = decodeBase64(*m.Image)
+			}
+		}
+		return f, false
+	case "auth":
+		f.Err = errorf(CodeInvalidRequest, "already authenticated")
+		return f, false
+	case "":
+		f.Err = errorf(CodeInvalidRequest, `missing field "type"`)
+		return f, false
+	default:
+		f.Err = errorf(CodeInvalidRequest, "unknown message type %q", truncateString(m.Type, 32))
+		return f, false
+	}
+	f.Err = errorf(CodeInvalidRequest, "a ping message has only a type")
+	return f, false
+}
+
+// validID reports whether raw is a JSON string or number, the ids a client may use.
+func validID(raw json.RawMessage) bool {
+	if len(raw) == 0 || len(raw) > 256 {
+		return false
+	}
+	c := raw[0]
+	return c == '"' || c == '-' || (c >= '0' && c <= '9')
+}
+
+// authMessage reads the first message of a header-less stream, which must be an auth
+// message within timeout. It returns the principal, or the close code and reason.
+func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*storage.Principal, websocket.StatusCode, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	typ, data, err := conn.Read(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, closeAuthFailed, "authentication timed out"
+		}
+		if websocket.CloseStatus(err) == -1 && errors.Is(err, websocket.ErrMessageTooBig) {
+			return nil, websocket.StatusMessageTooBig, "auth message too big"
+		}
+		return nil, websocket.StatusPolicyViolation, "could not read the auth message"
+	}
+	if typ != websocket.MessageText {
+		return nil, websocket.StatusPolicyViolation, "the first message must be a text auth message"
+	}
+	var m clientMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, websocket.StatusPolicyViolation, "the first message is not JSON"
+	}
+	switch m.Type {
+	case "auth":
+	case "frame", "ping":
+		return nil, closeAuthFailed, "authenticate first: send {\"type\":\"auth\",\"api_key\":...}"
+	default:
+		return nil, websocket.StatusPolicyViolation, "unknown message type before auth"
+	}
+	if m.APIKey == nil || *m.APIKey == "" {
+		return nil, closeAuthFailed, "missing api_key"
+	}
+	p, err := s.authenticate(ctx, *m.APIKey)
+	if err != nil {
+		if toError(err).Code != CodeUnauthorized {
+			s.log.Error("stream auth", "err", err)
+			return nil, websocket.StatusInternalError, "internal error"
+		}
+		return nil, closeAuthFailed, "unknown or revoked API key"
+	}
+	return p, 0, ""
+}
+
+// keepalive pings the peer every PingInterval; a peer that does not answer within
+// the interval is dead, and its connection is closed.
+func (s *Server) keepalive(conn *websocket.Conn, st *session.Stream, stop <-chan struct{}) {
+	every := s.registry.Limits().PingInterval
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(st.Context(), every)
+			err := conn.Ping(ctx)
+			cancel()
+			if err != nil {
+				if st.Context().Err() == nil {
+					s.log.Info("closing dead stream", "session_id", st.ID)
+				}
+				conn.CloseNow()
+				return
+			}
+		}
+	}
+}
+
+func truncateString(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
