@@ -241,14 +241,15 @@ func (s *Stream) send() {
 	for p := range s.answers {
 		<-p.done
 		if !failed {
+			if p.ev.Kind != KindPong {
+				s.reg.hooks.answered(s.Transport, p.ev)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), s.limits.WriteTimeout)
 			err := s.sink.Send(ctx, p.ev)
 			cancel()
 			if err != nil {
 				failed = true
 				s.cancel(fmt.Errorf("%w: %w", ErrSinkFailed, err))
-			} else if p.ev.Kind != KindPong {
-				s.reg.hooks.answered(s.Transport, p.ev)
 			}
 		}
 		<-s.slots

@@ -369,17 +369,20 @@ func validID(raw json.RawMessage) bool {
 // authMessage reads the first message of a header-less stream, which must be an auth
 // message within timeout. It returns the principal, or the close code and reason.
 func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*storage.Principal, websocket.StatusCode, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
+	// A Read whose context ends drops the connection without a close frame, so the
+	// timeout is a timer that closes with 4401 instead, ending the Read.
+	timer := time.AfterFunc(timeout, func() { conn.Close(closeAuthFailed, "authentication timed out") })
+	defer timer.Stop()
+	ctx := context.Background()
 	typ, data, err := conn.Read(ctx)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, closeAuthFailed, "authentication timed out"
-		}
-		if websocket.CloseStatus(err) == -1 && errors.Is(err, websocket.ErrMessageTooBig) {
+		if errors.Is(err, websocket.ErrMessageTooBig) {
 			return nil, websocket.StatusMessageTooBig, "auth message too big"
 		}
-		return nil, websocket.StatusPolicyViolation, "could not read the auth message"
+		return nil, closeAuthFailed, "authentication timed out"
+	}
+	if !timer.Stop() {
+		return nil, closeAuthFailed, "authentication timed out"
 	}
 	if typ != websocket.MessageText {
 		return nil, websocket.StatusPolicyViolation, "the first message must be a text auth message"

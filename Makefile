@@ -1,0 +1,67 @@
+# infergate: `make run` starts the server on the defaults, `make test` runs every test.
+# Both install what is missing first (scripts/setup.sh: ONNX Runtime, model, labels).
+
+GO          ?= go
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME    ?= 5s
+export CGO_ENABLED := 1
+
+.PHONY: all setup run build test test-go test-fuzz test-python test-browser test-deps fmt lint check-tidy bench clean
+
+all: build
+
+## setup: fetch ONNX Runtime 1.24.1, the model, the labels and the sample photos (checked by SHA-256)
+setup:
+	@scripts/setup.sh
+
+## run: start the server on 127.0.0.1:8080 with data/infergate.db and the default model
+run: setup
+	$(GO) run ./cmd/infergate serve
+
+build:
+	$(GO) build -o bin/infergate ./cmd/infergate
+
+## test: the whole suite (Go with -race, fuzzing, the Python client, the browser page)
+test: setup test-deps check-tidy lint test-go test-fuzz test-python test-browser
+
+## test-deps: install what the Python and browser tests need (Debian packages, npm)
+test-deps:
+	@scripts/install-test-deps.sh
+
+test-go:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+test-fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./infer
+	$(GO) test -run '^$$' -fuzz '^FuzzClassifyBody$$' -fuzztime $(FUZZTIME) ./transport
+	$(GO) test -run '^$$' -fuzz '^FuzzMessage$$' -fuzztime $(FUZZTIME) ./transport
+
+test-python:
+	@bash clients/python/run_tests.sh
+
+test-browser:
+	@bash web/test/run.sh
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## lint: gofmt must have nothing to change; go vet; staticcheck (pinned)
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^third_party/')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+## check-tidy: go.mod and go.sum must be tidy
+check-tidy:
+	@cp go.mod /tmp/infergate-go.mod.bak; cp go.sum /tmp/infergate-go.sum.bak
+	@$(GO) mod tidy
+	@if ! cmp -s go.mod /tmp/infergate-go.mod.bak || ! cmp -s go.sum /tmp/infergate-go.sum.bak; then \
+		echo "go mod tidy changes go.mod/go.sum: run it and commit"; \
+		cp /tmp/infergate-go.mod.bak go.mod; cp /tmp/infergate-go.sum.bak go.sum; exit 1; fi
+
+## bench: raw ONNX Runtime throughput vs the server under load, same run (out/bench/)
+bench: setup
+	@bash scripts/bench.sh
+
+clean:
+	rm -rf bin out

@@ -1,0 +1,237 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/infer/ort"
+	"github.com/infergate/infergate/internal/testenv"
+	"github.com/infergate/infergate/session"
+	"github.com/infergate/infergate/storage"
+)
+
+var (
+	modelOnce sync.Once
+	model     *infer.Classifier
+	modelErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if model != nil {
+		model.Close()
+		ort.Destroy()
+	}
+	if code == 0 {
+		if err := goleak.Find(goleak.IgnoreCurrent()); err != nil {
+			os.Stderr.WriteString("goroutine leak: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// realModel returns the shared real classifier: MobileNetV2 through ONNX Runtime.
+func realModel(t testing.TB) *infer.Classifier {
+	t.Helper()
+	lib, path, labelsPath := testenv.ORTLib(t), testenv.Model(t), testenv.Labels(t)
+	modelOnce.Do(func() {
+		if modelErr = ort.Init(lib); modelErr != nil {
+			return
+		}
+		labels, err := infer.LoadLabels(labelsPath)
+		if err != nil {
+			modelErr = err
+			return
+		}
+		backends, err := ort.OpenPool(path, 2, ort.Options{})
+		if err != nil {
+			modelErr = err
+			return
+		}
+		model, modelErr = infer.New(backends, labels, infer.Options{Name: "mobilenetv2-12-int8"})
+	})
+	if modelErr != nil {
+		t.Fatalf("load the model: %v", modelErr)
+	}
+	return model
+}
+
+// clock is a settable clock for limiter tests.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// env is one server under test: the real router under httptest, a fresh SQLite
+// database in a temp dir, the real model unless a test swaps the classifier.
+type env struct {
+	srv    *Server
+	ts     *httptest.Server
+	db     *storage.DB
+	writer *storage.Writer
+	dbPath string
+	key    string // a key of user@test with default limits
+}
+
+// setup is what options change before a test server starts.
+type setup struct {
+	cfg  Config
+	wrap func(net.Listener) net.Listener
+}
+
+type option func(*setup)
+
+func withLimits(f func(*Limits)) option { return func(s *setup) { f(&s.cfg.Limits) } }
+func withClock(c *clock) option        { return func(s *setup) { s.cfg.Now = c.Now } }
+func withClassifier(cl Classifier) option {
+	return func(s *setup) { s.cfg.Classifier = cl }
+}
+func withListener(wrap func(net.Listener) net.Listener) option {
+	return func(s *setup) { s.wrap = wrap }
+}
+
+func newEnv(t *testing.T, opts ...option) *env {
+	t.Helper()
+	dir := t.TempDir()
+	dbPath := filepath.Join(dir, "test.db")
+	db, err := storage.Open(context.Background(), dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := storage.NewWriter(db, storage.WriterOptions{})
+	st := setup{cfg: Config{
+		DB: db, Log: w,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Limits: Limits{Stream: session.Limits{RevocationPoll: 100 * time.Millisecond}},
+	}}
+	for _, o := range opts {
+		o(&st)
+	}
+	if st.cfg.Classifier == nil {
+		st.cfg.Classifier = realModel(t)
+	}
+	srv := New(st.cfg)
+	ts := httptest.NewUnstartedServer(srv.Handler())
+	if st.wrap != nil {
+		ts.Listener = st.wrap(ts.Listener)
+	}
+	ts.Start()
+	e := &env{srv: srv, ts: ts, db: db, writer: w, dbPath: dbPath}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		ts.CloseClientConnections()
+		ts.Close()
+		w.Close(ctx)
+		db.Close()
+	})
+	e.key = e.newKey(t, "user@test", storage.Limits{})
+	return e
+}
+
+func (e *env) newKey(t testing.TB, email string, lim storage.Limits) string {
+	t.Helper()
+	key, _, _, err := e.db.CreateKey(context.Background(), email, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// do sends a request with an optional key and returns the response and its body.
+func (e *env) do(t testing.TB, method, path, key, contentType string, body []byte, hdr ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, e.ts.URL+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := e.ts.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, b
+}
+
+// errorOf decodes an error body and checks its shape: code, message, request_id.
+func errorOf(t testing.TB, resp *http.Response, body []byte) string {
+	t.Helper()
+	var e struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+		RequestID string `json:"request_id"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("error body is not JSON: %v: %s", err, body)
+	}
+	if e.Error.Code == "" || e.Error.Message == "" || e.RequestID == "" {
+		t.Fatalf("error body lacks code, message or request_id: %s", body)
+	}
+	if got := resp.Header.Get("X-Request-ID"); got != e.RequestID {
+		t.Fatalf("X-Request-ID %q != request_id %q", got, e.RequestID)
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		t.Fatalf("error Content-Type = %q", resp.Header.Get("Content-Type"))
+	}
+	return e.Error.Code
+}
+
+type predictions []infer.Prediction
+
+func (p predictions) top() int {
+	if len(p) == 0 {
+		return -1
+	}
+	return p[0].Index
+}
+
+// malamuteFamily are the classes dog.jpg's top-1 may be (see the assets README).
+func malamuteFamily(i int) bool { return i == 248 || i == 249 || i == 250 }

@@ -1,0 +1,644 @@
+package transport
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/internal/testenv"
+	"github.com/infergate/infergate/storage"
+)
+
+// wsMsg is any server message on the stream.
+type wsMsg struct {
+	Type         string          `json:"type"`
+	ID           json.RawMessage `json:"id"`
+	Seq          int64           `json:"seq"`
+	Model        string          `json:"model"`
+	Predictions  predictions     `json:"predictions"`
+	InferenceMS  float64         `json:"inference_ms"`
+	LatencyMS    float64         `json:"latency_ms"`
+	Code         string          `json:"code"`
+	Message      string          `json:"message"`
+	RetryAfterMS *int64          `json:"retry_after_ms"`
+	SessionID    string          `json:"session_id"`
+	APIVersion   string          `json:"api_version"`
+	Limits       *streamLimits   `json:"limits"`
+}
+
+func (e *env) dial(t testing.TB, key string) (*websocket.Conn, *http.Response, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts := &websocket.DialOptions{HTTPHeader: http.Header{}}
+	if key != "" {
+		opts.HTTPHeader.Set("Authorization", "Bearer "+key)
+	}
+	c, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.ts.URL, "http")+"/v1/stream", opts)
+	if c != nil {
+		c.SetReadLimit(1 << 20)
+		t.Cleanup(func() { c.CloseNow() })
+	}
+	return c, resp, err
+}
+
+// stream dials with the header and reads the ready message.
+func (e *env) stream(t testing.TB, key string) (*websocket.Conn, wsMsg) {
+	t.Helper()
+	c, _, err := e.dial(t, key)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	ready := read(t, c)
+	if ready.Type != "ready" {
+		t.Fatalf("first message %+v, want ready", ready)
+	}
+	return c, ready
+}
+
+func read(t testing.TB, c *websocket.Conn) wsMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	typ, b, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if typ != websocket.MessageText {
+		t.Fatalf("server sent a %v message", typ)
+	}
+	var m wsMsg
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("server message is not JSON: %s", b)
+	}
+	return m
+}
+
+func write(t testing.TB, c *websocket.Conn, typ websocket.MessageType, b []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Write(ctx, typ, b); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+}
+
+func frameJSON(id any, img []byte) []byte {
+	b, _ := json.Marshal(map[string]any{"type": "frame", "id": id, "image": base64.StdEncoding.EncodeToString(img)})
+	return b
+}
+
+// closeCode reads until the connection closes and returns the close code.
+func closeCode(t testing.TB, c *websocket.Conn) websocket.StatusCode {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for {
+		_, _, err := c.Read(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				t.Fatal("the server did not close the connection")
+			}
+			return websocket.CloseStatus(err)
+		}
+	}
+}
+
+func TestStreamOrderAndIDs(t *testing.T) {
+	e := newEnv(t)
+	key := e.newKey(t, "fast@test", storage.Limits{FramesPerSecond: 1000})
+	c, ready := e.stream(t, key)
+	if ready.APIVersion != "v1" || ready.Model != "mobilenetv2-12-int8" || ready.SessionID == "" ||
+		*ready.Limits != (streamLimits{Frames: 1000, WindowMS: 1000, MaxInFlight: 4, MaxMessageBytes: 11534336}) {
+		t.Fatalf("ready %+v %+v", ready, ready.Limits)
+	}
+	dog := testenv.ReadImage(t, "dog.jpg")
+	kite := testenv.ReadImage(t, "kite.jpg")
+	// 24 frames, pipelined: text with string and number ids, binary, and bad ones.
+	type sent struct {
+		id   string // raw JSON of the id, "" for none
+		kind string // dog, kite, bad
+	}
+	var frames []sent
+	go func() {}()
+	for i := 0; i < 24; i++ {
+		switch i % 6 {
+		case 0:
+			frames = append(frames, sent{fmt.Sprintf(`"f-%d"`, i), "dog"})
+		case 1:
+			frames = append(frames, sent{fmt.Sprint(i), "kite"})
+		case 2:
+			frames = append(frames, sent{"", "dog"}) // binary
+		case 3:
+			frames = append(frames, sent{fmt.Sprint(i), "bad"})
+		case 4:
+			frames = append(frames, sent{"", "badjson"})
+		case 5:
+			frames = append(frames, sent{`"x"`, "ping"})
+		}
+	}
+	writeErr := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, f := range frames {
+			var err error
+			switch f.kind {
+			case "dog", "kite":
+				img := dog
+				if f.kind == "kite" {
+					img = kite
+				}
+				if f.id == "" {
+					err = c.Write(ctx, websocket.MessageBinary, img)
+				} else {
+					err = c.Write(ctx, websocket.MessageText, []byte(`{"type":"frame","id":`+f.id+`,"image":"`+base64.StdEncoding.EncodeToString(img)+`","top_k":3}`))
+				}
+			case "bad":
+				err = c.Write(ctx, websocket.MessageText, []byte(`{"type":"frame","id":`+f.id+`,"image":"bm90IGFuIGltYWdl"}`))
+			case "badjson":
+				err = c.Write(ctx, websocket.MessageText, []byte(`{"type":"frame",`))
+			case "ping":
+				err = c.Write(ctx, websocket.MessageText, []byte(`{"type":"ping"}`))
+			}
+			if err != nil {
+				writeErr <- err
+				return
+			}
+		}
+		writeErr <- nil
+	}()
+	seq := int64(0)
+	for i, f := range frames {
+		m := read(t, c)
+		if f.kind == "ping" {
+			if m.Type != "pong" {
+				t.Fatalf("answer %d: %+v, want pong", i, m)
+			}
+			continue
+		}
+		seq++
+		if m.Seq != seq {
+			t.Fatalf("answer %d: seq %d, want %d", i, m.Seq, seq)
+		}
+		if string(m.ID) != f.id {
+			t.Fatalf("answer %d: id %s, want %s", i, m.ID, f.id)
+		}
+		switch f.kind {
+		case "dog", "kite":
+			if m.Type != "result" || m.InferenceMS <= 0 || m.LatencyMS < m.InferenceMS {
+				t.Fatalf("answer %d: %+v", i, m)
+			}
+			want := 3
+			if f.id == "" {
+				want = 5
+			}
+			if len(m.Predictions) != want {
+				t.Fatalf("answer %d: %d predictions, want %d", i, len(m.Predictions), want)
+			}
+			if f.kind == "dog" && !malamuteFamily(m.Predictions.top()) {
+				t.Fatalf("dog: %+v", m.Predictions)
+			}
+			if f.kind == "kite" && m.Predictions[0].Index != 978 && m.Predictions[1].Index != 978 {
+				t.Fatalf("kite: %+v", m.Predictions)
+			}
+		case "bad":
+			if m.Type != "error" || m.Code != "invalid_image" {
+				t.Fatalf("answer %d: %+v", i, m)
+			}
+		case "badjson":
+			if m.Type != "error" || m.Code != "invalid_request" {
+				t.Fatalf("answer %d: %+v", i, m)
+			}
+		}
+	}
+	if err := <-writeErr; err != nil {
+		t.Fatal(err)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	st := waitSession(t, e, ready.SessionID)
+	// Every frame (not the pings) has its row, in seq order, matching its answer.
+	var rows []storage.InferenceLog
+	if err := e.db.Bun.NewSelect().Model(&rows).Where("session_id = ?", ready.SessionID).Order("seq").Scan(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(rows)) != seq || st.FramesReceived != seq || st.FramesRejected != 0 || st.CloseCode == nil || *st.CloseCode != 1000 {
+		t.Fatalf("%d rows for %d frames; session %+v", len(rows), seq, st)
+	}
+	for i, r := range rows {
+		if *r.Seq != int64(i+1) || r.Transport != "ws" {
+			t.Fatalf("row %d: %+v", i, r)
+		}
+	}
+}
+
+// waitSession waits for the sessions row of id to be closed and returns it.
+func waitSession(t testing.TB, e *env, id string) storage.Session {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var s storage.Session
+		err := e.db.Bun.NewSelect().Model(&s).Where("id = ?", id).Scan(context.Background())
+		if err == nil && s.EndedAt != nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session %s not ended: %+v %v", id, s, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestStreamAuth(t *testing.T) {
+	e := newEnv(t, withLimits(func(l *Limits) { l.Stream.AuthTimeout = 300 * time.Millisecond }))
+	t.Run("header refused before upgrade", func(t *testing.T) {
+		for _, key := range []string{"ig_nope", "nonsense"} {
+			_, resp, err := e.dial(t, key)
+			if err == nil || resp == nil || resp.StatusCode != 401 || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
+				t.Fatalf("key %q: err %v resp %v", key, err, resp)
+			}
+		}
+	})
+	t.Run("message auth", func(t *testing.T) {
+		c, _, err := e.dial(t, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, c, websocket.MessageText, []byte(`{"type":"auth","api_key":"`+e.key+`"}`))
+		if m := read(t, c); m.Type != "ready" {
+			t.Fatalf("%+v", m)
+		}
+		write(t, c, websocket.MessageBinary, smallPNG(t))
+		if m := read(t, c); m.Type != "result" || m.Seq != 1 {
+			t.Fatalf("%+v", m)
+		}
+		write(t, c, websocket.MessageText, []byte(`{"type":"auth","api_key":"`+e.key+`"}`))
+		if m := read(t, c); m.Type != "error" || m.Code != "invalid_request" {
+			t.Fatalf("second auth: %+v", m)
+		}
+	})
+	cases := []struct {
+		name string
+		send string // "" = send nothing
+		code websocket.StatusCode
+	}{
+		{"wrong key", `{"type":"auth","api_key":"ig_wrongwrongwrongwrongwrongwrongwrong"}`, 4401},
+		{"missing key", `{"type":"auth"}`, 4401},
+		{"frame first", `{"type":"frame","image":"AAAA"}`, 4401},
+		{"timeout", "", 4401},
+		{"not json", `hello`, 1008},
+		{"unknown type", `{"type":"hello"}`, 1008},
+		{"too big before auth", `{"type":"auth","api_key":"` + strings.Repeat("k", 8000) + `"}`, 1009},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _, err := e.dial(t, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.send != "" {
+				write(t, c, websocket.MessageText, []byte(tc.send))
+			}
+			if got := closeCode(t, c); got != tc.code {
+				t.Fatalf("close %v, want %v", got, tc.code)
+			}
+		})
+	}
+}
+
+func TestStreamRateLimit(t *testing.T) {
+	clk := newClock()
+	e := newEnv(t, withClock(clk))
+	key := e.newKey(t, "fps@test", storage.Limits{FramesPerSecond: 3})
+	c, ready := e.stream(t, key)
+	if ready.Limits.Frames != 3 {
+		t.Fatalf("ready limits %+v", ready.Limits)
+	}
+	png := smallPNG(t)
+	send := func() wsMsg {
+		write(t, c, websocket.MessageBinary, png)
+		return read(t, c)
+	}
+	for i := 0; i < 3; i++ {
+		if m := send(); m.Type != "result" {
+			t.Fatalf("frame %d: %+v", i, m)
+		}
+		clk.Advance(100 * time.Millisecond)
+	}
+	// t=300ms: the first slot frees at t=1000ms.
+	m := send()
+	if m.Type != "error" || m.Code != "rate_limited" || m.RetryAfterMS == nil || *m.RetryAfterMS != 700 || m.Seq != 4 {
+		t.Fatalf("4th frame: %+v", m)
+	}
+	clk.Advance(699 * time.Millisecond)
+	if m := send(); m.Code != "rate_limited" || *m.RetryAfterMS != 1 {
+		t.Fatalf("1 ms before the edge: %+v", m)
+	}
+	clk.Advance(time.Millisecond)
+	if m := send(); m.Type != "result" || m.Seq != 6 {
+		t.Fatalf("at the edge: %+v", m)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	st := waitSession(t, e, ready.SessionID)
+	if st.FramesReceived != 6 || st.FramesRejected != 2 {
+		t.Fatalf("session counts %+v", st)
+	}
+	var n int
+	e.db.Bun.NewRaw("SELECT COUNT(*) FROM inference_logs WHERE session_id = ?", ready.SessionID).Scan(context.Background(), &n)
+	if n != 4 {
+		t.Fatalf("%d log rows, want 4 (refused frames are not logged)", n)
+	}
+}
+
+func TestStreamConnectionCap(t *testing.T) {
+	e := newEnv(t)
+	key := e.newKey(t, "cap@test", storage.Limits{MaxConnections: 2})
+	c1, _ := e.stream(t, key)
+	e.stream(t, key)
+	_, resp, err := e.dial(t, key)
+	if err == nil || resp == nil || resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third stream: err %v resp %+v", err, resp)
+	}
+	c, _, err := e.dial(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, c, websocket.MessageText, []byte(`{"type":"auth","api_key":"`+key+`"}`))
+	if code := closeCode(t, c); code != 4429 {
+		t.Fatalf("third stream by message auth: close %v", code)
+	}
+	// An SSE session counts too.
+	resp2, body := e.do(t, "POST", "/v1/sessions", key, "", nil)
+	if resp2.StatusCode != 429 || errorOf(t, resp2, body) != "rate_limited" {
+		t.Fatalf("sse over the cap: %d %s", resp2.StatusCode, body)
+	}
+	// Closing one frees a place.
+	c1.Close(websocket.StatusNormalClosure, "")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, _, err := e.dial(t, key)
+		if err == nil {
+			c.Close(websocket.StatusNormalClosure, "")
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no place after a close: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestStreamMessageTooBig(t *testing.T) {
+	e := newEnv(t, withLimits(func(l *Limits) { l.Stream.MaxMessageBytes = 64 << 10 }))
+	c, ready := e.stream(t, e.key)
+	if ready.Limits.MaxMessageBytes != 64<<10 {
+		t.Fatalf("limits %+v", ready.Limits)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.Write(ctx, websocket.MessageBinary, make([]byte, 65<<10))
+	if code := closeCode(t, c); code != websocket.StatusMessageTooBig {
+		t.Fatalf("close %v", code)
+	}
+	if st := waitSession(t, e, ready.SessionID); st.CloseCode == nil || *st.CloseCode != 1009 {
+		t.Fatalf("session %+v", st)
+	}
+}
+
+// gated is the real classifier behind a gate a test opens: the one case the real
+// model cannot show on its own is "the model is slow".
+type gated struct {
+	Classifier
+	gate  chan struct{}
+	calls atomic.Int32
+}
+
+func newGated(t testing.TB) *gated { return &gated{Classifier: realModel(t), gate: make(chan struct{})} }
+
+func (g *gated) Classify(ctx context.Context, img []byte, k int) (*infer.Result, error) {
+	g.calls.Add(1)
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return g.Classifier.Classify(ctx, img, k)
+}
+
+func TestStreamBackpressure(t *testing.T) {
+	g := newGated(t)
+	e := newEnv(t, withClassifier(g), withLimits(func(l *Limits) { l.Stream.MaxInFlight = 2 }))
+	key := e.newKey(t, "bp@test", storage.Limits{FramesPerSecond: 1000})
+	c, ready := e.stream(t, key)
+	png := smallPNG(t)
+	const n = 10
+	written := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for i := 0; i < n; i++ {
+			if err := c.Write(ctx, websocket.MessageBinary, png); err != nil {
+				written <- err
+				return
+			}
+		}
+		written <- nil
+	}()
+	time.Sleep(500 * time.Millisecond)
+	st, _ := e.srv.Registry().Get(ready.SessionID)
+	received, _ := st.Counts()
+	// Two frames in processing, one read and waiting for a slot: no more is read.
+	if calls := g.calls.Load(); calls != 2 || received > 3 {
+		t.Fatalf("with the model blocked: %d in the model, %d frames read (want 2 and <= 3)", calls, received)
+	}
+	close(g.gate)
+	for i := 1; i <= n; i++ {
+		if m := read(t, c); m.Type != "result" || m.Seq != int64(i) {
+			t.Fatalf("answer %d: %+v", i, m)
+		}
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// smallBuffers makes every accepted connection's send buffer tiny, so that a client
+// that stops reading fills it within a few messages.
+type smallBuffers struct{ net.Listener }
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(4096)
+	}
+	return c, err
+}
+
+func TestStreamSlowReaderClosed(t *testing.T) {
+	e := newEnv(t,
+		withListener(func(l net.Listener) net.Listener { return smallBuffers{l} }),
+		withLimits(func(l *Limits) { l.Stream.WriteTimeout = 300 * time.Millisecond }))
+	// fps 1: almost every frame is refused at once, so answers come fast without
+	// using the model, and a client that does not read falls behind quickly.
+	key := e.newKey(t, "slow-reader@test", storage.Limits{FramesPerSecond: 1})
+	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.ts.URL, "http")+"/v1/stream", &websocket.DialOptions{
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + key}},
+		HTTPClient: &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if m := read(t, c); m.Type != "ready" {
+		t.Fatalf("%+v", m)
+	}
+	// Write without ever reading until the server gives up on us.
+	frame := []byte(`{"type":"frame","id":"` + strings.Repeat("i", 200) + `","image":"AAAA"}`)
+	for i := 0; i < 100000 && e.srv.Registry().Len() > 0; i++ {
+		wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+		err := c.Write(wctx, websocket.MessageText, frame)
+		wcancel()
+		if err != nil {
+			break
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.srv.Registry().Len() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the server still holds the stream of a client that does not read")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var code int
+	e.db.Bun.NewRaw("SELECT close_code FROM sessions").Scan(context.Background(), &code)
+	if code != 1011 {
+		t.Fatalf("close code recorded %d, want 1011", code)
+	}
+}
+
+func TestStreamRevocation(t *testing.T) {
+	for _, how := range []string{"revoke key", "disable user"} {
+		t.Run(how, func(t *testing.T) {
+			e := newEnv(t)
+			key := e.newKey(t, "revoked@test", storage.Limits{})
+			c, ready := e.stream(t, key)
+			write(t, c, websocket.MessageBinary, smallPNG(t))
+			read(t, c)
+			// Another process (the CLI) revokes through its own handle on the file.
+			other, err := storage.Open(context.Background(), e.dbPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if how == "revoke key" {
+				_, err = other.RevokeKey(context.Background(), key[:8])
+			} else {
+				err = other.DisableUser(context.Background(), "revoked@test")
+			}
+			other.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code := closeCode(t, c); code != 4401 {
+				t.Fatalf("close %v", code)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("closed after %v", d)
+			}
+			if st := waitSession(t, e, ready.SessionID); *st.CloseCode != 4401 {
+				t.Fatalf("session %+v", st)
+			}
+			if _, resp, err := e.dial(t, key); err == nil || resp.StatusCode != 401 {
+				t.Fatalf("revoked key still opens streams")
+			}
+		})
+	}
+}
+
+func TestStreamShutdownDrains(t *testing.T) {
+	g := newGated(t)
+	e := newEnv(t, withClassifier(g))
+	key := e.newKey(t, "drain@test", storage.Limits{FramesPerSecond: 100})
+	c, ready := e.stream(t, key)
+	png := smallPNG(t)
+	for i := 0; i < 3; i++ {
+		write(t, c, websocket.MessageBinary, png)
+	}
+	for g.calls.Load() < 3 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- e.srv.Shutdown(ctx)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if _, resp, err := e.dial(t, key); err == nil || resp.StatusCode != 503 {
+		t.Fatalf("new stream during shutdown: %v %v", err, resp)
+	}
+	close(g.gate)
+	for i := 1; i <= 3; i++ {
+		if m := read(t, c); m.Type != "result" || m.Seq != int64(i) {
+			t.Fatalf("frame %d in flight at shutdown: %+v", i, m)
+		}
+	}
+	if code := closeCode(t, c); code != websocket.StatusGoingAway {
+		t.Fatalf("close %v, want 1001", code)
+	}
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if st := waitSession(t, e, ready.SessionID); *st.CloseCode != 1001 || st.FramesReceived != 3 {
+		t.Fatalf("session %+v", st)
+	}
+}
+
+func TestStreamClientLeavesMidFrame(t *testing.T) {
+	g := newGated(t)
+	e := newEnv(t, withClassifier(g))
+	c, ready := e.stream(t, e.key)
+	write(t, c, websocket.MessageBinary, smallPNG(t))
+	for g.calls.Load() < 1 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.CloseNow()
+	time.Sleep(50 * time.Millisecond)
+	close(g.gate)
+	st := waitSession(t, e, ready.SessionID)
+	var n int
+	e.db.Bun.NewRaw("SELECT COUNT(*) FROM inference_logs WHERE session_id = ?", ready.SessionID).Scan(context.Background(), &n)
+	if n != 1 || st.FramesReceived != 1 {
+		t.Fatalf("the frame of a client that left must still be logged: %d rows, %+v", n, st)
+	}
+}
+
+func TestStreamMetrics(t *testing.T) {
+	e := newEnv(t)
+	c, _ := e.stream(t, e.key)
+	write(t, c, websocket.MessageBinary, smallPNG(t))
+	read(t, c)
+	_, body := e.do(t, "GET", "/metrics", "", "", nil)
+	for _, want := range []string{`infergate_streams_open{transport="ws"} 1`, `infergate_stream_frames_total{outcome="ok",transport="ws"} 1`, `infergate_stream_frame_duration_seconds_count{transport="ws"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
