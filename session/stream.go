@@ -186,6 +186,13 @@ func (s *Stream) Submit(ctx context.Context, f Frame) (int64, *LimitedError, err
 	return seq, nil, nil
 }
 
+// Peek returns the state of the stream's limiter at now, without taking a slot.
+func (s *Stream) Peek(now time.Time) ratelimit.Decision {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.limiter.Peek(now)
+}
+
 // Ping queues a pong in the answer order.
 func (s *Stream) Ping(ctx context.Context) error {
 	select {

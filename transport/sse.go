@@ -97,6 +97,7 @@ func (s *Server) handleCreateSession(w http.ResponseWriter, r *http.Request) {
 	}
 	id, ss.stream = st.ID, st
 	s.sse.put(id, ss)
+	w.Header().Set("Cache-Control", "no-store") // the body holds a secret
 	ready := s.readyMessage(st)
 	base := "/v1/sessions/" + id
 	writeJSON(w, http.StatusCreated, createSessionResponse{
@@ -264,6 +265,7 @@ func (s *Server) handleFrames(w http.ResponseWriter, r *http.Request) {
 	if id == nil {
 		id = json.RawMessage("null")
 	}
+	setRateLimitHeaders(w, ss.stream.Peek(s.now()))
 	w.Header().Set("X-Frame-Seq", strconv.FormatInt(seq, 10))
 	switch {
 	case limited != nil:

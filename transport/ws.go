@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -130,6 +131,14 @@ func (k wsSink) Send(ctx context.Context, ev session.Event) error {
 // authenticated and checked against the connection cap before the upgrade, so a
 // refusal is a plain HTTP 401 or 429; without one, the first message must be auth.
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		w.Header().Set("Upgrade", "websocket")
+		writeJSON(w, http.StatusUpgradeRequired, errorBody{
+			Error:     errorDetail{Code: CodeInvalidRequest, Message: "this route is a WebSocket: send an upgrade request (GET with Upgrade: websocket)"},
+			RequestID: requestID(r.Context()),
+		})
+		return
+	}
 	var p *storage.Principal
 	if r.Header.Get("Authorization") != "" {
 		key := bearer(r)

@@ -1,0 +1,281 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/uptrace/bun"
+)
+
+// readPragmas reads the pragmas Open sets on one connection.
+func readPragmas(t *testing.T, conn bun.Conn) map[string]string {
+	t.Helper()
+	got := make(map[string]string)
+	for _, p := range pragmas {
+		var v string
+		if err := conn.QueryRowContext(context.Background(), "PRAGMA "+p.name).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		got[p.name] = v
+	}
+	return got
+}
+
+func TestPragmasOnEveryConnection(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openTest(t)
+
+	pools := []struct {
+		name string
+		db   *bun.DB
+		n    int
+	}{
+		{"read", db.Bun, db.Bun.Stats().MaxOpenConnections},
+		{"write", db.w, 1},
+	}
+	for _, pool := range pools {
+		if pool.n < 1 {
+			t.Fatalf("%s pool: max open connections %d", pool.name, pool.n)
+		}
+		// Hold n connections at once, so that each is a different one, opened
+		// concurrently.
+		conns := make([]bun.Conn, pool.n)
+		errs := make([]error, pool.n)
+		var wg sync.WaitGroup
+		for i := range conns {
+			wg.Go(func() { conns[i], errs[i] = pool.db.Conn(ctx) })
+		}
+		wg.Wait()
+		for i, c := range conns {
+			if errs[i] != nil {
+				t.Fatalf("%s pool: conn %d: %v", pool.name, i, errs[i])
+			}
+			got := readPragmas(t, c)
+			want := map[string]string{"journal_mode": "wal", "busy_timeout": "5000", "foreign_keys": "1", "synchronous": "1"}
+			for k, v := range want {
+				if got[k] != v {
+					t.Errorf("%s pool: conn %d: pragma %s = %q, want %q", pool.name, i, k, got[k], v)
+				}
+			}
+		}
+		if st := pool.db.Stats(); st.OpenConnections != pool.n {
+			t.Errorf("%s pool: %d open connections, want %d", pool.name, st.OpenConnections, pool.n)
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	if n := db.Bun.Stats().MaxOpenConnections; n < 4 {
+		t.Errorf("read pool holds %d connections, want at least 4", n)
+	}
+}
+
+func TestPragmaMismatchIsAnError(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "x.db")
+	tests := []struct {
+		name, dsn, want string
+	}{
+		{"rollback journal", "file:" + path + "?_journal_mode=DELETE", "journal_mode"},
+		{"no foreign keys", "file:" + path + "?_journal_mode=WAL", "foreign_keys"},
+		{"short busy timeout", "file:" + path + "?_journal_mode=WAL&_foreign_keys=on&_busy_timeout=10", "busy_timeout"},
+		{"synchronous full", "file:" + path + "?_journal_mode=WAL&_foreign_keys=on&_synchronous=FULL", "synchronous"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sqldb := sql.OpenDB(connector{dsn: tt.dsn})
+			defer sqldb.Close()
+			err := sqldb.PingContext(context.Background())
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("ping = %v, want an error about %s", err, tt.want)
+			}
+		})
+	}
+	// And Open's own DSN passes.
+	sqldb := sql.OpenDB(connector{dsn: DSN(path)})
+	defer sqldb.Close()
+	if err := sqldb.PingContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenTwiceMigratesOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// A new folder, with characters that are special in a URI.
+	path := filepath.Join(t.TempDir(), "sub", "we?rd #dir%20", "infergate.db")
+	for range 2 {
+		db, err := Open(ctx, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := migrate(ctx, db.w); err != nil { // a third run on the same handle
+			t.Fatal(err)
+		}
+		var n int
+		if err := db.Bun.NewRaw("SELECT count(*) FROM schema_migrations").Scan(ctx, &n); err != nil {
+			t.Fatal(err)
+		}
+		if n != len(migrations) {
+			t.Errorf("%d rows in schema_migrations, want %d", n, len(migrations))
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 || fi.Size() == 0 {
+		t.Errorf("database file mode %v, size %d; want 0600 and a schema", fi.Mode().Perm(), fi.Size())
+	}
+	// SQLite used that very file, not a name cut at '?', '#' or '%'.
+	for _, dir := range []string{filepath.Dir(path), filepath.Dir(filepath.Dir(path))} {
+		if ents, err := os.ReadDir(dir); err != nil || len(ents) != 1 {
+			t.Errorf("%s holds %v, %v; want one entry", dir, ents, err)
+		}
+	}
+}
+
+func TestOpenConcurrentlyOnNewFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "infergate.db")
+	const n = 4
+	errs := make(chan error, n)
+	dbs := make(chan *DB, n)
+	for range n {
+		go func() {
+			db, err := Open(context.Background(), path)
+			if err == nil {
+				dbs <- db
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	close(dbs)
+	for db := range dbs {
+		db.Close()
+	}
+}
+
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "infergate.db")
+	db, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Bun.ExecContext(ctx,
+		"INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', '2030-01-01 00:00:00+00:00')"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if db, err := Open(ctx, path); err == nil {
+		db.Close()
+		t.Fatal("Open of a newer schema succeeded")
+	} else if !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("Open = %v, want a newer schema error", err)
+	}
+}
+
+func TestOpenRefusesNonFilePaths(t *testing.T) {
+	t.Parallel()
+	for _, p := range []string{"", ":memory:", "file:x.db?mode=memory"} {
+		if db, err := Open(context.Background(), p); err == nil {
+			db.Close()
+			t.Errorf("Open(%q) succeeded", p)
+		}
+	}
+}
+
+func TestSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openTest(t)
+
+	var indexes []struct {
+		Name  string `bun:"name"`
+		Table string `bun:"tbl_name"`
+		SQL   string `bun:"sql"`
+	}
+	if err := db.Bun.NewRaw("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL").
+		Scan(ctx, &indexes); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"users_email_idx":                       "CREATE UNIQUE INDEX users_email_idx ON users (email)",
+		"api_keys_hash_idx":                     "CREATE UNIQUE INDEX api_keys_hash_idx ON api_keys (hash)",
+		"api_keys_prefix_idx":                   "CREATE INDEX api_keys_prefix_idx ON api_keys (prefix)",
+		"inference_logs_user_id_created_at_idx": "CREATE INDEX inference_logs_user_id_created_at_idx ON inference_logs (user_id, created_at)",
+	}
+	for _, ix := range indexes {
+		if w, ok := want[ix.Name]; ok {
+			if ix.SQL != w {
+				t.Errorf("index %s: %s, want %s", ix.Name, ix.SQL, w)
+			}
+			delete(want, ix.Name)
+		}
+	}
+	for name := range want {
+		t.Errorf("index %s missing", name)
+	}
+
+	fks := map[string][]string{
+		"api_keys":       {"user_id->users.id"},
+		"sessions":       {"api_key_id->api_keys.id", "user_id->users.id"},
+		"inference_logs": {"api_key_id->api_keys.id", "session_id->sessions.id", "user_id->users.id"},
+	}
+	for table, want := range fks {
+		var got []string
+		if err := db.Bun.NewRaw("SELECT \"from\" || '->' || \"table\" || '.' || \"to\" FROM pragma_foreign_key_list(?) ORDER BY 1", table).
+			Scan(ctx, &got); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("foreign keys of %s: %v, want %v", table, got, want)
+		}
+	}
+
+	// Every column of every model is a column of its table.
+	for _, model := range []any{(*User)(nil), (*APIKey)(nil), (*Session)(nil), (*InferenceLog)(nil)} {
+		table := db.Bun.Table(reflectType(model))
+		var cols []string
+		if err := db.Bun.NewRaw("SELECT name FROM pragma_table_info(?)", table.Name).Scan(ctx, &cols); err != nil {
+			t.Fatal(err)
+		}
+		have := strings.Join(cols, ",")
+		for _, f := range table.Fields {
+			if !strings.Contains(","+have+",", ","+f.Name+",") {
+				t.Errorf("table %s has no column %s (has %s)", table.Name, f.Name, have)
+			}
+		}
+		if len(cols) != len(table.Fields) {
+			t.Errorf("table %s has columns %s, model %T has %d fields", table.Name, have, model, len(table.Fields))
+		}
+	}
+}
+
+func TestPing(t *testing.T) {
+	t.Parallel()
+	db := openTest(t)
+	if err := db.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if err := db.Ping(context.Background()); err == nil {
+		t.Fatal("Ping after Close succeeded")
+	}
+}

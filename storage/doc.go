@@ -1,0 +1,54 @@
+// Package storage keeps infergate's users, API keys, sessions and inference
+// logs in one SQLite file, through bun and github.com/mattn/go-sqlite3 (cgo).
+//
+// # Database
+//
+// Open opens the file in WAL mode, so readers never wait for the writer and
+// the server and the CLI (infergate keys revoke while serving) can use the
+// same file at once. Every connection of every pool is opened with
+// journal_mode=WAL, busy_timeout=5000, foreign_keys=ON and
+// synchronous=NORMAL, set in the DSN (see DSN) and read back when the
+// connection opens; a connection whose pragmas differ is an error, not a
+// silent downgrade. Transactions start with BEGIN IMMEDIATE: they take the
+// write lock first, waiting up to the busy timeout for another process,
+// rather than failing when a read turns into a write.
+//
+// DB.Bun is a pool for reads. This package's own writes go through a second
+// pool of one connection, so that writers of one process queue in Go and
+// only writers of different processes meet on the SQLite lock.
+//
+// Migrations are numbered and append-only. Open applies the missing ones in
+// one transaction, recorded in schema_migrations; applying them again is a
+// no-op, and a file migrated by a newer build is refused.
+//
+// # Times
+//
+// Times are stored in UTC as TEXT in bun's format
+// "2006-01-02 15:04:05.999999+00:00", at microsecond precision; every value
+// this package writes or compares goes through bun, so the format is always
+// the same and string order is time order. That is what makes
+// "created_at >= ?" in Usage correct and able to use the
+// (user_id, created_at) index. Values passed in are converted to UTC and
+// truncated to the microsecond, so what is read back equals what was
+// written.
+//
+// # Keys
+//
+// An API key is "ig_" and 43 URL-safe base64 characters (32 random bytes).
+// The database holds its first 8 characters (Prefix, to show and to revoke
+// by) and its SHA-256 (Hash, unique index), never the key: Authenticate
+// hashes the presented key and looks the hash up. Revoking a key, or
+// disabling its user, takes effect at the next Authenticate; Invalid lets
+// the server find its open streams that must close.
+//
+// # Inference logs
+//
+// A Writer owns the only goroutine that writes inference_logs. Write blocks
+// until the row's transaction has committed, so a result is never sent for a
+// row that is not in the database; rows that arrive while a transaction
+// commits are committed together in the next one (group commit), so the
+// cost of a commit is shared by many frames under load and a lone frame is
+// not delayed. Usage reads the logs back as aggregates computed in SQL.
+//
+// All methods of DB and Writer are safe for concurrent use.
+package storage

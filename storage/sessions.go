@@ -1,0 +1,110 @@
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// maxTextLen is where the client-supplied text of a session (remote address,
+// user agent) is cut.
+const maxTextLen = 512
+
+// StartSession inserts s. When s.ID is empty it is set to 32 random hex
+// characters; a zero s.StartedAt is set to now. RemoteAddr and UserAgent are
+// made valid UTF-8 without NUL bytes and cut to 512 bytes. Call it before
+// writing inference logs of the session: their session_id refers to it.
+// Errors: ErrInvalid for a transport other than "ws" and "sse" or a missing
+// user or key id.
+func (db *DB) StartSession(ctx context.Context, s *Session) error {
+	if s.Transport != TransportWS && s.Transport != TransportSSE {
+		return fmt.Errorf("%w: session transport %q", ErrInvalid, s.Transport)
+	}
+	if s.UserID <= 0 || s.APIKeyID <= 0 {
+		return fmt.Errorf("%w: session without user or key", ErrInvalid)
+	}
+	if s.ID == "" {
+		b := make([]byte, 16)
+		if _, err := rand.Read(b); err != nil {
+			return fmt.Errorf("storage: start session: %w", err)
+		}
+		s.ID = hex.EncodeToString(b)
+	}
+	if s.StartedAt.IsZero() {
+		s.StartedAt = db.now()
+	}
+	s.StartedAt = utc(s.StartedAt)
+	s.RemoteAddr = cleanText(s.RemoteAddr)
+	s.UserAgent = cleanText(s.UserAgent)
+	if strings.IndexByte(s.ID, 0) >= 0 {
+		return fmt.Errorf("%w: session id", ErrInvalid)
+	}
+	if _, err := db.w.NewInsert().Model(s).Exec(ctx); err != nil {
+		return fmt.Errorf("storage: start session: %w", err)
+	}
+	return nil
+}
+
+// EndSession records the end of session id: when, how many frames it read
+// and how many the limiter refused, and its close code (0 for none, stored as
+// NULL). Only the first end of a session is recorded; later calls return nil
+// and change nothing. Errors: ErrNotFound.
+func (db *DB) EndSession(ctx context.Context, id string, endedAt time.Time, received, rejected int64, closeCode int) error {
+	var code *int
+	if closeCode != 0 {
+		code = &closeCode
+	}
+	res, err := db.w.NewUpdate().Model((*Session)(nil)).
+		Set("ended_at = ?", utc(endedAt)).
+		Set("frames_received = ?", received).
+		Set("frames_rejected = ?", rejected).
+		Set("close_code = ?", code).
+		Where("id = ?", id).
+		Where("ended_at IS NULL").
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("storage: end session: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n > 0 {
+		return nil
+	}
+	n, err := db.w.NewSelect().Model((*Session)(nil)).Where("id = ?", id).Count(ctx)
+	if err != nil {
+		return fmt.Errorf("storage: end session: %w", err)
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// SessionByID returns the session with id. Errors: ErrNotFound.
+func (db *DB) SessionByID(ctx context.Context, id string) (*Session, error) {
+	s := new(Session)
+	if err := db.Bun.NewSelect().Model(s).Where("id = ?", id).Scan(ctx); err != nil {
+		if err = noRows(err); errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("storage: session: %w", err)
+	}
+	return s, nil
+}
+
+// cleanText makes s safe to store: valid UTF-8, no NUL, at most maxTextLen
+// bytes (cut on a rune boundary).
+func cleanText(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.ReplaceAll(s, "\x00", "")
+	if len(s) > maxTextLen {
+		s = s[:maxTextLen]
+		for !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
+	}
+	return s
+}

@@ -1,0 +1,84 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+func TestSessions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openTest(t)
+	t0 := time.Date(2025, 2, 1, 8, 0, 0, 0, time.UTC)
+	setClock(db, t0)
+	_, k, u := newKey(t, db, "a@example.com")
+
+	s := &Session{UserID: u.ID, APIKeyID: k.ID, Transport: TransportWS, RemoteAddr: "127.0.0.1:5555",
+		UserAgent: "ua\x00\xff" + strings.Repeat("é", 400)}
+	if err := db.StartSession(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.ID) != 32 || !s.StartedAt.Equal(t0) {
+		t.Errorf("session id %q started %v", s.ID, s.StartedAt)
+	}
+	if len(s.UserAgent) > 512 || !utf8.ValidString(s.UserAgent) || strings.Contains(s.UserAgent, "\x00") {
+		t.Errorf("user agent not cleaned: %d bytes %q", len(s.UserAgent), s.UserAgent[:10])
+	}
+
+	end := t0.Add(time.Minute)
+	if err := db.EndSession(ctx, s.ID, end, 12, 3, 1000); err != nil {
+		t.Fatal(err)
+	}
+	// A second end changes nothing.
+	if err := db.EndSession(ctx, s.ID, end.Add(time.Hour), 99, 99, 1011); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.SessionByID(ctx, s.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.EndedAt == nil || !got.EndedAt.Equal(end) || got.FramesReceived != 12 || got.FramesRejected != 3 ||
+		got.CloseCode == nil || *got.CloseCode != 1000 || got.UserAgent != s.UserAgent || got.RemoteAddr != s.RemoteAddr {
+		t.Errorf("ended session %+v", got)
+	}
+
+	// SSE, with a caller's id, ended without a close code.
+	s2 := &Session{ID: "sse-1", UserID: u.ID, APIKeyID: k.ID, Transport: TransportSSE, StartedAt: t0.Add(time.Second)}
+	if err := db.StartSession(ctx, s2); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.EndSession(ctx, "sse-1", end, 1, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := db.SessionByID(ctx, "sse-1"); err != nil || got.CloseCode != nil {
+		t.Errorf("SSE session %+v, %v; want no close code", got, err)
+	}
+	if err := db.StartSession(ctx, s2); err == nil {
+		t.Error("a session id was inserted twice")
+	}
+
+	if err := db.EndSession(ctx, "nope", end, 0, 0, 1000); !errors.Is(err, ErrNotFound) {
+		t.Errorf("EndSession(unknown) = %v, want ErrNotFound", err)
+	}
+	if _, err := db.SessionByID(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SessionByID(unknown) = %v, want ErrNotFound", err)
+	}
+	for _, bad := range []*Session{
+		{UserID: u.ID, APIKeyID: k.ID, Transport: "post"},
+		{UserID: u.ID, APIKeyID: k.ID, Transport: "WS"},
+		{UserID: 0, APIKeyID: k.ID, Transport: "ws"},
+	} {
+		if err := db.StartSession(ctx, bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("StartSession(%+v) = %v, want ErrInvalid", bad, err)
+		}
+	}
+	// Foreign keys hold.
+	if err := db.StartSession(ctx, &Session{UserID: u.ID, APIKeyID: 777, Transport: "ws"}); err == nil ||
+		!strings.Contains(err.Error(), "FOREIGN KEY") {
+		t.Errorf("StartSession with an unknown key = %v, want a foreign key error", err)
+	}
+}

@@ -1,0 +1,310 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mattn/go-sqlite3"
+)
+
+// WriterOptions configure a Writer. The zero value means the defaults.
+type WriterOptions struct {
+	// MaxBatch is the most rows committed in one transaction (0 means 256).
+	// Larger batches amortize the commit over more rows when the queue is
+	// long, but every row of a batch waits for the whole batch, so a larger
+	// value raises the worst-case latency of a Write under load. A batch is
+	// never held back to fill up: the writer commits whatever is queued.
+	MaxBatch int
+	// QueueSize is how many rows may wait for the writer (0 means 4096).
+	// When it is full, Write blocks until there is room or its context
+	// ends: that is the backpressure the server passes on to clients. A
+	// larger queue absorbs longer bursts at the cost of memory and latency.
+	QueueSize int
+	// Logger receives commit failures (nil means slog.Default()).
+	Logger *slog.Logger
+}
+
+// WriterStats are counters of a Writer, for metrics.
+type WriterStats struct {
+	Commits   int64 // transactions committed
+	Rows      int64 // rows committed
+	Failed    int64 // rows whose write failed
+	LastBatch int   // rows in the last committed transaction
+	Queued    int   // rows waiting for the writer now
+}
+
+// Writer writes inference_logs rows from one goroutine with group commit:
+// rows queued while a transaction commits go together into the next one, in
+// one multi-row INSERT. So the cost of a commit is shared by every frame that
+// arrived meanwhile, with no timer: an idle server commits a lone row at
+// once. Its methods are safe for concurrent use.
+type Writer struct {
+	db     *DB
+	max    int
+	log    *slog.Logger
+	queue  chan *writeReq
+	stop   chan struct{} // closed by Close: stop accepting
+	done   chan struct{} // closed when run returns
+	once   sync.Once
+	mu     sync.RWMutex // guards closed; Write holds it shared while it hands a row over
+	closed bool
+
+	commits, rows, failed, last atomic.Int64
+}
+
+type writeReq struct {
+	row  *InferenceLog
+	done chan error // buffered; receives the result of the commit
+}
+
+// NewWriter starts the writer goroutine of db. Close it (before db) to
+// commit what is queued and stop the goroutine.
+func NewWriter(db *DB, opt WriterOptions) *Writer {
+	if opt.MaxBatch <= 0 {
+		opt.MaxBatch = 256
+	}
+	if opt.QueueSize <= 0 {
+		opt.QueueSize = 4096
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	w := &Writer{
+		db:    db,
+		max:   opt.MaxBatch,
+		log:   opt.Logger,
+		queue: make(chan *writeReq, opt.QueueSize),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	go w.run()
+	return w
+}
+
+// Write queues row and returns once the transaction holding it has
+// committed, or failed; on success row.ID is set. A zero row.CreatedAt is
+// set to now; any CreatedAt is stored in UTC at microsecond precision.
+//
+// If ctx ends before the row is handed to the writer, Write returns
+// ctx.Err() and the row is not written. Once handed over, Write waits for the
+// commit whatever ctx does, so a caller never sends a result whose row was
+// not committed. Errors: ErrInvalid for a row the schema would refuse (no
+// user or key, unknown transport, no status, NaN or infinite numbers, NUL
+// bytes), ErrClosed after Close, or the error of the commit.
+func (w *Writer) Write(ctx context.Context, row *InferenceLog) error {
+	if err := checkRow(row); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if row.CreatedAt.IsZero() {
+		row.CreatedAt = w.db.now()
+	}
+	row.CreatedAt = utc(row.CreatedAt)
+	req := &writeReq{row: row, done: make(chan error, 1)}
+
+	w.mu.RLock()
+	if w.closed {
+		w.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case w.queue <- req:
+		w.mu.RUnlock()
+	case <-ctx.Done():
+		w.mu.RUnlock()
+		return ctx.Err()
+	case <-w.stop:
+		w.mu.RUnlock()
+		return ErrClosed
+	}
+	return <-req.done
+}
+
+// Close stops accepting rows (Write then returns ErrClosed), commits every
+// row already queued, and stops the writer goroutine. It returns ctx.Err()
+// if ctx ends first; the goroutine still finishes the queue. Close is
+// idempotent and safe to call concurrently.
+func (w *Writer) Close(ctx context.Context) error {
+	w.once.Do(func() {
+		close(w.stop) // wakes Writes blocked on a full queue
+		w.mu.Lock()   // waits for Writes that are handing a row over
+		w.closed = true
+		w.mu.Unlock()
+		close(w.queue) // no Write can send any more
+	})
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Stats returns the writer's counters.
+func (w *Writer) Stats() WriterStats {
+	return WriterStats{
+		Commits:   w.commits.Load(),
+		Rows:      w.rows.Load(),
+		Failed:    w.failed.Load(),
+		LastBatch: int(w.last.Load()),
+		Queued:    len(w.queue),
+	}
+}
+
+// run is the writer goroutine: take one row (waiting), then whatever else is
+// queued up to the batch size, commit, answer, repeat until the queue is
+// closed and empty.
+func (w *Writer) run() {
+	defer close(w.done)
+	batch := make([]*writeReq, 0, w.max)
+	for {
+		req, ok := <-w.queue
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], req)
+	fill:
+		for len(batch) < w.max {
+			select {
+			case req, ok := <-w.queue:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, req)
+			default:
+				break fill
+			}
+		}
+		w.commit(batch)
+		clear(batch) // drop references to answered rows
+	}
+}
+
+// insertChunk bounds the rows of one INSERT statement, keeping the SQL text
+// of a statement around 100 KB whatever MaxBatch is.
+const insertChunk = 256
+
+// commit writes batch in one transaction and answers every row. If the
+// transaction fails on a constraint, a bad row must not fail its neighbours:
+// each row is then retried in a transaction of its own.
+func (w *Writer) commit(batch []*writeReq) {
+	rows := make([]*InferenceLog, len(batch))
+	for i, r := range batch {
+		rows[i] = r.row
+	}
+	err := w.insert(rows)
+	if err != nil && len(batch) > 1 && isConstraint(err) {
+		for _, r := range batch {
+			w.answer([]*writeReq{r}, w.insert([]*InferenceLog{r.row}))
+		}
+		return
+	}
+	w.answer(batch, err)
+}
+
+func (w *Writer) answer(batch []*writeReq, err error) {
+	if err != nil {
+		w.failed.Add(int64(len(batch)))
+		w.log.Error("storage: write inference logs", "rows", len(batch), "err", err)
+		err = fmt.Errorf("storage: write inference log: %w", err)
+	} else {
+		w.commits.Add(1)
+		w.rows.Add(int64(len(batch)))
+		w.last.Store(int64(len(batch)))
+	}
+	for _, r := range batch {
+		r.done <- err
+	}
+}
+
+// insert commits rows in one transaction and sets their ids. The rows of a
+// multi-row INSERT get consecutive ids (AUTOINCREMENT, one writer holding
+// the lock), so the ids follow from the last one; RETURNING would not do,
+// as SQLite returns its rows in no defined order.
+func (w *Writer) insert(rows []*InferenceLog) error {
+	ctx := context.Background() // the rows are handed over: finish even if their callers leave
+	tx, err := w.db.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	ids := make([]int64, 0, len(rows))
+	for start := 0; start < len(rows); start += insertChunk {
+		chunk := rows[start:min(start+insertChunk, len(rows))]
+		res, err := tx.NewInsert().Model(&chunk).Returning("NULL").Exec(ctx)
+		if err != nil {
+			tx.Rollback()
+			return err
+		}
+		last, err := res.LastInsertId()
+		if err != nil {
+			tx.Rollback()
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n != int64(len(chunk)) {
+			tx.Rollback()
+			return fmt.Errorf("inserted %d rows of %d (%v)", n, len(chunk), err)
+		}
+		for i := range chunk {
+			ids = append(ids, last-int64(len(chunk)-1-i))
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	for i, r := range rows {
+		r.ID = ids[i]
+	}
+	return nil
+}
+
+func isConstraint(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && se.Code == sqlite3.ErrConstraint
+}
+
+// checkRow refuses rows that the schema would refuse or that bun cannot
+// write, before they reach a batch.
+func checkRow(r *InferenceLog) error {
+	bad := func(what string) error { return fmt.Errorf("%w: inference log %s", ErrInvalid, what) }
+	switch {
+	case r == nil:
+		return bad("is nil")
+	case r.UserID <= 0 || r.APIKeyID <= 0:
+		return bad("without user or key")
+	case r.Transport != TransportPOST && r.Transport != TransportWS && r.Transport != TransportSSE:
+		return bad("transport " + r.Transport)
+	case r.Status <= 0:
+		return bad("without status")
+	case !finite(r.InferenceMS) || !finite(r.LatencyMS) || r.TopConfidence != nil && !finite(*r.TopConfidence):
+		return bad("with a NaN or infinite number")
+	case hasNUL(r.APIVersion, r.Model, deref(r.SessionID), deref(r.ErrorCode), deref(r.TopLabel)):
+		return bad("with a NUL byte")
+	}
+	return nil
+}
+
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func hasNUL(ss ...string) bool {
+	for _, s := range ss {
+		if strings.IndexByte(s, 0) >= 0 {
+			return true
+		}
+	}
+	return false
+}
