@@ -1,0 +1,82 @@
+package transport
+
+import (
+	"bytes"
+	"errors"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+// FuzzClassifyBody feeds arbitrary JSON bodies to the classify request reader: it
+// must never panic, and every failure must be a client error of the table.
+func FuzzClassifyBody(f *testing.F) {
+	for _, seed := range []string{
+		`{"image":"aGVsbG8="}`,
+		`{"image":"data:image/png;base64,iVBORw0KGgo","top_k":3,"filename":"a.png"}`,
+		`{"image":"-_-_","top_k":20}`,
+		`{"image":"a","image":"b"}`,
+		`{"image":"x"} trailing`,
+		`{"top_k":"5"}`,
+		`{"image":null}`,
+		`[]`, `{`, `"\u0000"`, `{"a":{"b":[1,2,{"c":"\"}"}]}}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	s := &Server{limits: Limits{MaxImageBytes: 1 << 16, MaxBodyBytes: 1 << 17}.withDefaults()}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := httptest.NewRequest("POST", "/v1/classify", bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		img, topK, err := s.readImage(r)
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Fatalf("error %v is not a client error", err)
+			}
+			switch e.Code {
+			case CodeInvalidRequest, CodeInvalidImage, CodeImageTooLarge:
+			default:
+				t.Fatalf("unexpected code %q for %q", e.Code, body)
+			}
+			return
+		}
+		if len(img) == 0 || topK < 1 || topK > maxTopK || int64(len(img)) > s.limits.MaxImageBytes {
+			t.Fatalf("accepted %q: %d bytes, top_k %d", body, len(img), topK)
+		}
+	})
+}
+
+// FuzzMessage feeds arbitrary text messages to the stream's message parser: it must
+// never panic, and a message is either a ping, a frame with an image, or a frame
+// carrying a client error.
+func FuzzMessage(f *testing.F) {
+	for _, seed := range []string{
+		`{"type":"frame","id":"a","image":"aGVsbG8=","top_k":2}`,
+		`{"type":"frame","id":12,"image":"aGVsbG8="}`,
+		`{"type":"frame","id":{"x":1},"image":"aGVsbG8="}`,
+		`{"type":"ping"}`, `{"type":"ping","id":1}`, `{"type":"auth","api_key":"ig_x"}`,
+		`{"type":"nope"}`, `{}`, `not json`, `{"type":"frame"}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	now := time.Now()
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		fr, ping := parseFrame(msg, now)
+		if ping {
+			if fr.Err != nil {
+				t.Fatalf("a ping with an error: %v", fr.Err)
+			}
+			return
+		}
+		if fr.Err == nil {
+			if len(fr.Image) == 0 || fr.TopK < 1 || fr.TopK > maxTopK {
+				t.Fatalf("frame from %q: %d bytes top_k %d", msg, len(fr.Image), fr.TopK)
+			}
+			return
+		}
+		var e *Error
+		if !errors.As(fr.Err, &e) || (e.Code != CodeInvalidRequest && e.Code != CodeInvalidImage) {
+			t.Fatalf("error %v for %q", fr.Err, msg)
+		}
+	})
+}
