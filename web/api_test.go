@@ -34,11 +34,13 @@ var specRoutes = map[string][]string{
 	"/v1/sessions/{id}":        {"delete"},
 }
 
-// specCodes are the error codes of SPEC.md's "Common rules", with their statuses.
+// specCodes are the error codes of SPEC.md's "Common rules", with their statuses,
+// plus method_not_allowed, which docs/API.md adds.
 var specCodes = map[string]int{
 	"unauthorized":           401,
 	"forbidden":              403,
 	"not_found":              404,
+	"method_not_allowed":     405,
 	"invalid_request":        400,
 	"invalid_image":          400,
 	"image_too_large":        413,
