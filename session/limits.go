@@ -36,6 +36,10 @@ type Limits struct {
 	RevocationPoll time.Duration
 	// FrameTimeout bounds the wait for the model for one frame (default 30 s).
 	FrameTimeout time.Duration
+	// MaxStreams bounds the streams and SSE sessions open on the server, all users
+	// together (default 1024). Each holds up to MaxInFlight frames, so this with
+	// MaxMessageBytes bounds the memory streams can take.
+	MaxStreams int
 }
 
 // WithDefaults returns l with each zero field set to its default.
@@ -61,6 +65,9 @@ func (l Limits) WithDefaults() Limits {
 	}
 	if l.MaxPreAuthBytes <= 0 {
 		l.MaxPreAuthBytes = 4 << 10
+	}
+	if l.MaxStreams <= 0 {
+		l.MaxStreams = 1024
 	}
 	if l.Replay <= 0 {
 		l.Replay = 256

@@ -66,7 +66,8 @@ type Registry struct {
 
 	mu       sync.Mutex // guards the fields below
 	streams  map[string]*Stream
-	byUser   map[int64]int
+	byUser   map[int64]int // open streams by user, counted from Open, before they are in streams
+	open     int           // open streams, all users, counted the same way
 	shutting bool
 }
 
@@ -118,11 +119,18 @@ type OpenParams struct {
 func (r *Registry) CanOpen(p *storage.Principal) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.shutting {
+	return r.admit(p)
+}
+
+// admit checks the caps for one more stream of p; r.mu must be held.
+func (r *Registry) admit(p *storage.Principal) error {
+	switch {
+	case r.shutting:
 		return ErrShuttingDown
-	}
-	if r.byUser[p.User.ID] >= p.User.MaxConnections {
+	case r.byUser[p.User.ID] >= p.User.MaxConnections:
 		return ErrTooManyStreams
+	case r.open >= r.limits.MaxStreams:
+		return ErrServerFull
 	}
 	return nil
 }
@@ -136,15 +144,12 @@ func (r *Registry) Open(ctx context.Context, op OpenParams) (*Stream, error) {
 	}
 	now := r.now()
 	r.mu.Lock()
-	if r.shutting {
+	if err := r.admit(op.Principal); err != nil {
 		r.mu.Unlock()
-		return nil, ErrShuttingDown
-	}
-	if r.byUser[op.Principal.User.ID] >= op.Principal.User.MaxConnections {
-		r.mu.Unlock()
-		return nil, ErrTooManyStreams
+		return nil, err
 	}
 	r.byUser[op.Principal.User.ID]++
+	r.open++
 	r.mu.Unlock()
 
 	err = r.store.StartSession(ctx, &storage.Session{
@@ -155,6 +160,7 @@ func (r *Registry) Open(ctx context.Context, op OpenParams) (*Stream, error) {
 	if err != nil {
 		r.mu.Lock()
 		r.byUser[op.Principal.User.ID]--
+		r.open--
 		r.mu.Unlock()
 		return nil, err
 	}
@@ -162,10 +168,10 @@ func (r *Registry) Open(ctx context.Context, op OpenParams) (*Stream, error) {
 	s := &Stream{
 		ID: id, Principal: op.Principal, Transport: op.Transport, Started: now,
 		reg: r, limits: r.limits, sink: op.Sink, ctx: sctx, cancel: cancel,
-		slots:   make(chan struct{}, r.limits.MaxInFlight),
-		answers: make(chan *pending, r.limits.MaxInFlight),
-		sent:    make(chan struct{}),
-		limiter: ratelimit.NewWindow(max(1, op.Principal.User.FramesPerSecond), r.limits.Window),
+		slots:    make(chan struct{}, r.limits.MaxInFlight),
+		answers:  make(chan *pending, r.limits.MaxInFlight),
+		sent:     make(chan struct{}),
+		limiter:  ratelimit.NewWindow(max(1, op.Principal.User.FramesPerSecond), r.limits.Window),
 		lastUse:  now,
 		unowned:  !op.Owned,
 		onFinish: op.OnFinish,
@@ -232,6 +238,7 @@ func (r *Registry) remove(s *Stream, received, rejected int64, closeCode int) {
 		if r.byUser[s.Principal.User.ID]--; r.byUser[s.Principal.User.ID] <= 0 {
 			delete(r.byUser, s.Principal.User.ID)
 		}
+		r.open--
 	}
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -15,6 +15,8 @@ import (
 var (
 	// ErrTooManyStreams: the user already holds max_connections streams.
 	ErrTooManyStreams = errors.New("session: too many open streams for this user")
+	// ErrServerFull: the server holds Limits.MaxStreams streams already.
+	ErrServerFull = errors.New("session: server has too many open streams")
 	// ErrShuttingDown: the server is shutting down and opens no streams.
 	ErrShuttingDown = errors.New("session: server shutting down")
 	// ErrRevoked ends the streams of a revoked key or a disabled user.
@@ -84,15 +86,15 @@ type Stream struct {
 	Transport string
 	Started   time.Time
 
-	reg     *Registry
-	limits  Limits
-	sink    Sink
-	ctx     context.Context // ends when the stream is terminated
-	cancel  context.CancelCauseFunc
-	slots   chan struct{}   // one token per frame admitted and not yet answered
-	answers chan *pending   // answers in frame order, for the sender
-	workers sync.WaitGroup  // frames being processed
-	sent    chan struct{}   // closed when the sender has stopped
+	reg      *Registry
+	limits   Limits
+	sink     Sink
+	ctx      context.Context // ends when the stream is terminated
+	cancel   context.CancelCauseFunc
+	slots    chan struct{}  // one token per frame admitted and not yet answered
+	answers  chan *pending  // answers in frame order, for the sender
+	workers  sync.WaitGroup // frames being processed
+	sent     chan struct{}  // closed when the sender has stopped
 	onFinish func()
 
 	mu       sync.Mutex // guards the fields below
@@ -100,8 +102,8 @@ type Stream struct {
 	seq      int64
 	received int64
 	rejected int64
-	closed   bool  // no more Submit
-	finished bool  // Finish has run
+	closed   bool // no more Submit
+	finished bool // Finish has run
 	// Unowned (SSE) streams expire after IdleExpiry without a listener.
 	unowned   bool
 	listeners int
@@ -153,7 +155,7 @@ func (s *Stream) Submit(ctx context.Context, f Frame) (int64, *LimitedError, err
 		return 0, nil, ErrClosed
 	}
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.ctx.Err() != nil {
 		s.mu.Unlock()
 		<-s.slots
 		return 0, nil, ErrClosed
@@ -204,7 +206,7 @@ func (s *Stream) Ping(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.ctx.Err() != nil {
 		<-s.slots
 		return ErrClosed
 	}

@@ -31,8 +31,8 @@ const (
 
 // kind is one row of the error table: how a code shows on each transport.
 type kind struct {
-	status int                   // HTTP status
-	close  websocket.StatusCode  // close code when the error ends a stream; 0 = the stream stays open
+	status int                  // HTTP status
+	close  websocket.StatusCode // close code when the error ends a stream; 0 = the stream stays open
 }
 
 // kinds is the one table mapping error codes to HTTP status and WebSocket close code.

@@ -112,7 +112,7 @@ type setup struct {
 type option func(*setup)
 
 func withLimits(f func(*Limits)) option { return func(s *setup) { f(&s.cfg.Limits) } }
-func withClock(c *clock) option        { return func(s *setup) { s.cfg.Now = c.Now } }
+func withClock(c *clock) option         { return func(s *setup) { s.cfg.Now = c.Now } }
 func withClassifier(cl Classifier) option {
 	return func(s *setup) { s.cfg.Classifier = cl }
 }

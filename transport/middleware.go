@@ -183,7 +183,6 @@ func setRateLimitHeaders(w http.ResponseWriter, d ratelimit.Decision) {
 	h.Set("RateLimit-Reset", strconv.Itoa(ceilSeconds(d.Reset)))
 }
 
-
 func levelFor(status int) slog.Level {
 	if status >= 500 {
 		return slog.LevelWarn

@@ -69,4 +69,3 @@ func ms(d time.Duration) float64 {
 
 // round2 rounds to two decimals.
 func round2(f float64) float64 { return math.Round(f*100) / 100 }
-

@@ -61,8 +61,8 @@ type Config struct {
 	Classifier Classifier
 	DB         *storage.DB
 	Log        *storage.Writer
-	Logger     *slog.Logger     // nil = slog.Default()
-	Version    string           // reported by GET /
+	Logger     *slog.Logger // nil = slog.Default()
+	Version    string       // reported by GET /
 	Limits     Limits
 	Now        func() time.Time // nil = time.Now; for tests
 }

@@ -351,4 +351,3 @@ func (s *Server) handleDeleteSession(w http.ResponseWriter, r *http.Request) {
 	ss.stream.Terminate(session.ErrClosed)
 	w.WriteHeader(http.StatusNoContent)
 }
-

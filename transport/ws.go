@@ -178,6 +178,8 @@ func (s *Server) openError(p *storage.Principal, err error) error {
 		return &Error{Code: CodeRateLimited, Message: "too many open streams for this user (max_connections " + strconv.Itoa(p.User.MaxConnections) + ")", RetryAfter: time.Second}
 	case errors.Is(err, session.ErrShuttingDown):
 		return errorf(CodeUnavailable, "the server is shutting down")
+	case errors.Is(err, session.ErrServerFull):
+		return &Error{Code: CodeOverloaded, Message: "the server has too many open streams; try again shortly", RetryAfter: overloadedRetry}
 	}
 	return err
 }
@@ -208,6 +210,9 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.P
 		return
 	case errors.Is(err, session.ErrShuttingDown):
 		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	case errors.Is(err, session.ErrServerFull):
+		conn.Close(websocket.StatusTryAgainLater, "server has too many open streams")
 		return
 	case err != nil:
 		s.log.Error("open stream", "err", err)

@@ -424,7 +424,9 @@ type gated struct {
 	calls atomic.Int32
 }
 
-func newGated(t testing.TB) *gated { return &gated{Classifier: realModel(t), gate: make(chan struct{})} }
+func newGated(t testing.TB) *gated {
+	return &gated{Classifier: realModel(t), gate: make(chan struct{})}
+}
 
 func (g *gated) Classify(ctx context.Context, img []byte, k int) (*infer.Result, error) {
 	g.calls.Add(1)
@@ -642,3 +644,24 @@ func TestStreamMetrics(t *testing.T) {
 	}
 }
 
+func TestServerStreamCap(t *testing.T) {
+	e := newEnv(t, withLimits(func(l *Limits) { l.Stream.MaxStreams = 2 }))
+	other := e.newKey(t, "other@test", storage.Limits{})
+	e.stream(t, e.key)
+	e.openSession(t, other)
+	_, resp, err := e.dial(t, other)
+	if err == nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third stream on a server capped at 2: %v %+v", err, resp)
+	}
+	if r, body := e.do(t, "POST", "/v1/sessions", e.key, "", nil); r.StatusCode != 503 || errorOf(t, r, body) != "overloaded" {
+		t.Fatalf("sse over the server cap: %d %s", r.StatusCode, body)
+	}
+	c, _, err := e.dial(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, c, websocket.MessageText, []byte(`{"type":"auth","api_key":"`+other+`"}`))
+	if code := closeCode(t, c); code != websocket.StatusTryAgainLater {
+		t.Fatalf("by message auth: close %v", code)
+	}
+}

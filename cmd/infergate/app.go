@@ -87,6 +87,7 @@ func (m *Main) Run(ctx context.Context) error {
 				Replay:          c.replay,
 				RevocationPoll:  c.revocationPoll,
 				FrameTimeout:    c.frameTimeout,
+				MaxStreams:      c.maxStreams,
 			},
 		},
 	})
