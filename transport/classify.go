@@ -50,6 +50,7 @@ func (s *Server) handleClassify(version string) http.HandlerFunc {
 			APIVersion: version,
 			Start:      s.now(),
 		}
+		s.bodyDeadline(w)
 		req.Image, req.TopK, req.Err = s.readImage(r)
 		ctx, cancel := context.WithTimeout(r.Context(), s.limits.RequestTimeout)
 		defer cancel()
@@ -127,6 +128,12 @@ func (s *Server) readImage(r *http.Request) (img []byte, topK int, err error) {
 		return img, topK, nil
 	}
 	return nil, 0, errorf(CodeUnsupportedMedia, "Content-Type %s is not supported: send application/json or image/jpeg, image/png, image/gif, image/webp", mt)
+}
+
+// bodyDeadline bounds the time a client may take to send its body, so that a slow
+// sender cannot hold a request open for ever.
+func (s *Server) bodyDeadline(w http.ResponseWriter) {
+	http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.limits.RequestTimeout))
 }
 
 // readBody reads the whole body, refusing more than limit bytes with image_too_large:

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"database/sql"
@@ -13,6 +14,7 @@ import (
 	"image/color"
 	"image/png"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -512,5 +514,26 @@ func TestOverloaded(t *testing.T) {
 	}
 	if status != 503 || code != "overloaded" {
 		t.Fatalf("logged %d %q", status, code)
+	}
+}
+
+// TestSlowBody: a client that stops sending its body is answered when the request
+// timeout passes, instead of holding the request for ever.
+func TestSlowBody(t *testing.T) {
+	e := newEnv(t, withLimits(func(l *Limits) { l.RequestTimeout = 300 * time.Millisecond }))
+	conn, err := net.Dial("tcp", e.ts.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\npartial", e.key)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled body: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 400 || errorOf(t, resp, body) != "invalid_request" {
+		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
 }

@@ -251,6 +251,7 @@ func (s *Server) handleFrames(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	s.bodyDeadline(w)
 	f := s.readFrame(r)
 	seq, limited, err := ss.stream.Submit(r.Context(), f)
 	if err != nil {
