@@ -92,7 +92,24 @@ func parse(fs *flag.FlagSet, args []string) error {
 	if bad != nil {
 		return bad
 	}
-	return fs.Parse(args)
+	return parseInterspersed(fs, args)
+}
+
+// parseInterspersed parses flags that may come after positional arguments too
+// (`keys revoke PREFIX --db x`), keeping the positional ones in order in fs.Args.
+func parseInterspersed(fs *flag.FlagSet, args []string) error {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	return fs.Parse(append([]string{"--"}, pos...))
 }
 
 // floats3 parses "a,b,c".

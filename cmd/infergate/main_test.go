@@ -186,7 +186,10 @@ func TestEndToEnd(t *testing.T) {
 	if _, msg, err := c.Read(ctx); err != nil || !bytes.Contains(msg, []byte(`"type":"ready"`)) {
 		t.Fatalf("ready: %s %v", msg, err)
 	}
-	cli(t, bin, s.db, "keys", "revoke", key[:8])
+	cmd := exec.Command(bin, "keys", "revoke", key[:8], "--db", s.db) // flags after the prefix work too
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "revoked "+key[:8]) {
+		t.Fatalf("keys revoke: %v %s", err, out)
+	}
 	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != 4401 {
 		t.Fatalf("after revoke: %v", err)
 	}
