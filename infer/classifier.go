@@ -1,0 +1,390 @@
+package infer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configures a Classifier. The zero value of each field means its default.
+type Options struct {
+	// Name is the model name reported to clients, such as "mobilenetv2-12-int8".
+	Name string
+	// QueueSize is how many jobs may wait for a worker; when the queue is full,
+	// Classify fails at once with ErrOverloaded. A longer queue absorbs longer
+	// bursts but lets the latency of a queued job grow to QueueSize/throughput; a
+	// shorter one sheds load sooner. Zero means 64.
+	QueueSize int
+	// MaxBatch is how many queued jobs a worker may run through the model at once,
+	// when the model's batch dimension is dynamic. A worker never waits to fill a
+	// batch: it takes what is queued when it becomes free, so batching only happens
+	// under load. Larger batches raise throughput a little on some models and CPUs
+	// and raise each job's latency. Zero means 1 (no batching).
+	MaxBatch int
+	// Limits bounds the images accepted.
+	Limits Limits
+	// Preprocess is the model's input recipe.
+	Preprocess Preprocess
+}
+
+// Result is the answer to one Classify call.
+type Result struct {
+	// Predictions are the top classes, highest confidence first.
+	Predictions []Prediction
+	// Width and Height are the size of the decoded image; Format is "jpeg",
+	// "png", "gif" or "webp".
+	Width, Height int
+	Format        string
+	// QueueMS is the time spent waiting for a worker, DecodeMS and PreprocessMS
+	// the worker's time on this image, and InferenceMS the time of the model run,
+	// shared by every image of a batch.
+	QueueMS, DecodeMS, PreprocessMS, InferenceMS float64
+}
+
+// Classifier classifies encoded images with a pool of model sessions: a bounded
+// queue feeds one worker goroutine per Backend. Its methods are safe for concurrent
+// use.
+type Classifier struct {
+	backends []Backend
+	labels   []string
+	info     ModelInfo
+	opt      Options // defaults applied
+	maxBatch int     // jobs per model run
+	size     int     // floats per image in the input tensor
+
+	mu     sync.RWMutex // guards closed, and sending on queue against its closing
+	closed bool
+	queue  chan *job
+
+	workers   sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// job is one Classify call on its way through the queue.
+type job struct {
+	ctx   context.Context
+	image []byte
+	topK  int
+	start time.Time
+
+	state atomic.Int32  // jobQueued, then jobTaken by a worker or jobCanceled by the caller
+	done  chan struct{} // closed by the worker once res and err are set
+	res   *Result
+	err   error
+
+	finished bool // done is closed; used by the worker only
+}
+
+const (
+	jobQueued = iota
+	jobTaken
+	jobCanceled
+)
+
+// New returns a Classifier with one worker per backend. The layout and size of
+// the input are read from backends[0].Input(): [N,3,H,W] is NCHW, [N,H,W,3] NHWC.
+// Every backend must have the same input and output, and there must be one label
+// per class.
+//
+// On success the Classifier owns the backends and closes them in Close; on error
+// they are left to the caller.
+func New(backends []Backend, labels []string, opt Options) (*Classifier, error) {
+	if len(backends) == 0 {
+		return nil, errors.New("infer: new classifier: no backends")
+	}
+	in, out := backends[0].Input(), backends[0].Output()
+	info := ModelInfo{Name: opt.Name, InputName: in.Name, InputShape: slices.Clone(in.Shape)}
+	if len(in.Shape) != 4 {
+		return nil, fmt.Errorf("infer: new classifier: input %q has shape %v, want 4 dimensions", in.Name, in.Shape)
+	}
+	switch {
+	case in.Shape[1] == 3:
+		info.Layout, info.Height, info.Width = NCHW, int(in.Shape[2]), int(in.Shape[3])
+	case in.Shape[3] == 3:
+		info.Layout, info.Height, info.Width = NHWC, int(in.Shape[1]), int(in.Shape[2])
+	default:
+		return nil, fmt.Errorf("infer: new classifier: input %q has shape %v, want [N,3,H,W] or [N,H,W,3]", in.Name, in.Shape)
+	}
+	if info.Width <= 0 || info.Height <= 0 {
+		return nil, fmt.Errorf("infer: new classifier: input %q has shape %v: a dynamic image size is not supported", in.Name, in.Shape)
+	}
+	if len(out.Shape) < 2 {
+		return nil, fmt.Errorf("infer: new classifier: output %q has shape %v, want [N,classes]", out.Name, out.Shape)
+	}
+	info.NumClasses = 1
+	for _, d := range out.Shape[1:] {
+		if d <= 0 {
+			return nil, fmt.Errorf("infer: new classifier: output %q has shape %v: a dynamic class count is not supported", out.Name, out.Shape)
+		}
+		info.NumClasses *= int(d)
+	}
+	if len(labels) != info.NumClasses {
+		return nil, fmt.Errorf("infer: new classifier: %d labels for %d classes", len(labels), info.NumClasses)
+	}
+	for i, b := range backends[1:] {
+		if bi, bo := b.Input(), b.Output(); bi.Name != in.Name || !slices.Equal(bi.Shape, in.Shape) ||
+			bo.Name != out.Name || !slices.Equal(bo.Shape, out.Shape) {
+			return nil, fmt.Errorf("infer: new classifier: backend %d does not match backend 0", i+1)
+		}
+	}
+
+	if opt.QueueSize < 0 || opt.MaxBatch < 0 {
+		return nil, fmt.Errorf("infer: new classifier: negative queue size %d or max batch %d", opt.QueueSize, opt.MaxBatch)
+	}
+	if opt.QueueSize == 0 {
+		opt.QueueSize = 64
+	}
+	if opt.MaxBatch == 0 {
+		opt.MaxBatch = 1
+	}
+	if err := opt.Preprocess.validate(); err != nil {
+		return nil, fmt.Errorf("infer: new classifier: %w", err)
+	}
+	opt.Limits = opt.Limits.withDefaults()
+
+	c := &Classifier{
+		backends: slices.Clone(backends),
+		labels:   slices.Clone(labels),
+		info:     info,
+		opt:      opt,
+		maxBatch: 1,
+		size:     3 * info.Width * info.Height,
+		queue:    make(chan *job, opt.QueueSize),
+	}
+	switch n := in.Shape[0]; {
+	case n <= 0:
+		c.maxBatch = opt.MaxBatch
+	case n != 1:
+		return nil, fmt.Errorf("infer: new classifier: input %q has a fixed batch of %d, want 1 or dynamic", in.Name, n)
+	}
+	c.workers.Add(len(c.backends))
+	for _, b := range c.backends {
+		go c.work(b)
+	}
+	return c, nil
+}
+
+// Info describes the model.
+func (c *Classifier) Info() ModelInfo {
+	info := c.info
+	info.InputShape = slices.Clone(info.InputShape)
+	return info
+}
+
+// Labels returns a copy of the class names, in output order.
+func (c *Classifier) Labels() []string { return slices.Clone(c.labels) }
+
+// QueueLen returns the number of jobs waiting for a worker.
+func (c *Classifier) QueueLen() int { return len(c.queue) }
+
+// Classify decodes, preprocesses and classifies one encoded image, and returns its
+// topK classes (0 means 5; more than the class count means all).
+//
+// The work happens in a worker, so the memory spent decoding is bounded by the
+// number of workers. When the queue is full Classify returns ErrOverloaded at once,
+// and after Close it returns ErrClosed. If ctx ends while the job waits in the
+// queue, Classify returns ctx.Err() and the job is skipped; if it ends while a
+// worker runs the job, Classify waits for that run (one batch) and returns
+// ctx.Err(). Either way the classifier no longer reads image once Classify has
+// returned. Bad input gives an error wrapping ErrInvalidImage or ErrTooLarge.
+func (c *Classifier) Classify(ctx context.Context, image []byte, topK int) (*Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if topK <= 0 {
+		topK = 5
+	}
+	if int64(len(image)) > c.opt.Limits.MaxBytes {
+		// Refused here too, so that it takes no place in the queue.
+		return nil, fmt.Errorf("%w: image is %d bytes, limit is %d", ErrTooLarge, len(image), c.opt.Limits.MaxBytes)
+	}
+	j := &job{ctx: ctx, image: image, topK: topK, start: time.Now(), done: make(chan struct{})}
+
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	select {
+	case c.queue <- j:
+	default:
+		c.mu.RUnlock()
+		return nil, ErrOverloaded
+	}
+	c.mu.RUnlock()
+
+	select {
+	case <-j.done:
+		return j.res, j.err
+	case <-ctx.Done():
+		if j.state.CompareAndSwap(jobQueued, jobCanceled) {
+			return nil, ctx.Err()
+		}
+		// A worker has the job and may be reading image: wait for it.
+		<-j.done
+		return nil, ctx.Err()
+	}
+}
+
+// Close stops accepting jobs (Classify returns ErrClosed), lets the workers finish
+// the jobs already queued, stops them and closes the backends. It returns the
+// backends' errors. Close is idempotent; later calls return the same error.
+func (c *Classifier) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		close(c.queue)
+		c.mu.Unlock()
+		c.workers.Wait()
+		var errs []error
+		for i, b := range c.backends {
+			if err := b.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("infer: close backend %d: %w", i, err))
+			}
+		}
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}
+
+// worker is the state of one worker goroutine: its backend and reused buffers.
+type worker struct {
+	backend Backend
+	input   []float32 // maxBatch images
+	probs   []float64 // one image's classes
+	batch   []*job    // taken from the queue
+	ready   []*job    // decoded into input, in order
+}
+
+func (c *Classifier) work(b Backend) {
+	defer c.workers.Done()
+	w := &worker{
+		backend: b,
+		input:   make([]float32, c.maxBatch*c.size),
+		probs:   make([]float64, c.info.NumClasses),
+		batch:   make([]*job, 0, c.maxBatch),
+		ready:   make([]*job, 0, c.maxBatch),
+	}
+	for j := range c.queue {
+		w.batch = append(w.batch[:0], j)
+	fill:
+		for len(w.batch) < c.maxBatch {
+			select {
+			case j, ok := <-c.queue:
+				if !ok {
+					break fill
+				}
+				w.batch = append(w.batch, j)
+			default:
+				break fill
+			}
+		}
+		c.process(w)
+		clear(w.batch)
+		clear(w.ready)
+	}
+}
+
+// process runs one batch. A panic fails the jobs not yet answered, not the process.
+func (c *Classifier) process(w *worker) {
+	defer func() {
+		if r := recover(); r != nil {
+			for _, j := range w.batch {
+				if !j.finished {
+					j.finish(nil, fmt.Errorf("infer: internal error: %v", r))
+				}
+			}
+		}
+	}()
+	taken := time.Now()
+	w.ready = w.ready[:0]
+	for _, j := range w.batch {
+		if !j.state.CompareAndSwap(jobQueued, jobTaken) {
+			// The caller gave up while the job was queued.
+			j.finish(nil, j.ctx.Err())
+			continue
+		}
+		if err := j.ctx.Err(); err != nil {
+			j.finish(nil, err)
+			continue
+		}
+		j.res = &Result{QueueMS: ms(taken.Sub(j.start))}
+		if err := c.prepare(j, w.input[len(w.ready)*c.size:][:c.size]); err != nil {
+			j.res = nil
+			j.finish(nil, err)
+			continue
+		}
+		w.ready = append(w.ready, j)
+	}
+	if len(w.ready) == 0 {
+		return
+	}
+
+	n, classes := len(w.ready), c.info.NumClasses
+	start := time.Now()
+	logits, err := run(w.backend, w.input[:n*c.size], n)
+	inference := ms(time.Since(start))
+	if err == nil && len(logits) < n*classes {
+		err = fmt.Errorf("infer: model returned %d logits for %d images of %d classes", len(logits), n, classes)
+	}
+	for i, j := range w.ready {
+		if err != nil {
+			j.finish(nil, err)
+			continue
+		}
+		Softmax(logits[i*classes:(i+1)*classes], w.probs)
+		if slices.ContainsFunc(w.probs, func(p float64) bool { return p != p }) {
+			j.finish(nil, errors.New("infer: model returned NaN"))
+			continue
+		}
+		j.res.Predictions = TopK(w.probs, c.labels, j.topK)
+		j.res.InferenceMS = inference
+		j.finish(j.res, nil)
+	}
+}
+
+// prepare decodes j's image and writes it into dst.
+func (c *Classifier) prepare(j *job, dst []float32) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("infer: internal error preprocessing: %v", r)
+		}
+	}()
+	t0 := time.Now()
+	img, format, err := Decode(j.image, c.opt.Limits)
+	if err != nil {
+		return err
+	}
+	t1 := time.Now()
+	c.opt.Preprocess.Fill(dst, img, c.info.Layout, c.info.Width, c.info.Height)
+	b := img.Bounds()
+	j.res.Width, j.res.Height, j.res.Format = b.Dx(), b.Dy(), format
+	j.res.DecodeMS, j.res.PreprocessMS = ms(t1.Sub(t0)), ms(time.Since(t1))
+	return nil
+}
+
+// run calls the backend, turning a panic into an error.
+func run(b Backend, input []float32, n int) (logits []float32, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("infer: internal error running the model: %v", r)
+		}
+	}()
+	logits, err = b.Run(input, n)
+	if err != nil {
+		return nil, fmt.Errorf("infer: run model: %w", err)
+	}
+	return logits, nil
+}
+
+func (j *job) finish(res *Result, err error) {
+	j.res, j.err, j.finished = res, err, true
+	close(j.done)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
