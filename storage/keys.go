@@ -355,7 +355,7 @@ func (db *DB) Invalid(ctx context.Context, keyIDs []int64) ([]int64, error) {
 		TableExpr("api_keys AS k").
 		Join("JOIN users AS u ON u.id = k.user_id").
 		ColumnExpr("k.id").
-		Where("k.id IN (?)", bun.In(keyIDs)).
+		Where("k.id IN (?)", bun.List(keyIDs)).
 		Where("k.revoked_at IS NULL AND u.disabled_at IS NULL").
 		Scan(ctx, &valid)
 	if err != nil {

@@ -66,6 +66,3 @@ func ceilSeconds(d time.Duration) int {
 func ms(d time.Duration) float64 {
 	return math.Round(float64(d)/float64(time.Millisecond)*100) / 100
 }
-
-// round2 rounds to two decimals.
-func round2(f float64) float64 { return math.Round(f*100) / 100 }

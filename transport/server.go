@@ -5,7 +5,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -84,8 +83,6 @@ type Server struct {
 	sse            sseSessions
 	requestLimiter *ratelimit.Keyed[int64]
 	router         chi.Router
-
-	closeOnce sync.Once
 }
 
 // New builds a Server from cfg.

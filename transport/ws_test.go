@@ -94,11 +94,6 @@ func write(t testing.TB, c *websocket.Conn, typ websocket.MessageType, b []byte)
 	}
 }
 
-func frameJSON(id any, img []byte) []byte {
-	b, _ := json.Marshal(map[string]any{"type": "frame", "id": id, "image": base64.StdEncoding.EncodeToString(img)})
-	return b
-}
-
 // closeCode reads until the connection closes and returns the close code.
 func closeCode(t testing.TB, c *websocket.Conn) websocket.StatusCode {
 	t.Helper()
