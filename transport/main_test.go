@@ -120,7 +120,9 @@ func withListener(wrap func(net.Listener) net.Listener) option {
 	return func(s *setup) { s.wrap = wrap }
 }
 
-func newEnv(t *testing.T, opts ...option) *env {
+func newEnv(t *testing.T, opts ...option) *env { return newEnvTB(t, opts...) }
+
+func newEnvTB(t testing.TB, opts ...option) *env {
 	t.Helper()
 	dir := t.TempDir()
 	dbPath := filepath.Join(dir, "test.db")
