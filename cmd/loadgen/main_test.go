@@ -145,6 +145,7 @@ func TestRun(t *testing.T) {
 		{name: "post", args: []string{"--mode", "post", "--clients", "3"}},
 		{name: "out of order", misorder: true, args: []string{"--mode", "ws-binary", "--depth", "4"}, failed: true},
 		{name: "depth over max_in_flight", args: []string{"--mode", "ws-text", "--depth", "5"}, failed: true},
+		{name: "frame budget spent early", args: []string{"--mode", "post", "--max-frames", "5"}, failed: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -134,7 +134,9 @@ func loadTest(ctx context.Context, cfg *config, img *payload) (*Report, error) {
 	defer cancel()
 
 	cpu := make(chan [3]float64, 1) // client, server and whole-machine CPU cores in the window
-	go func() { cpu <- measureCPU(runCtx, r.t0, r.t1, cfg.serverPID) }()
+	cpuCtx, stopCPU := context.WithCancel(runCtx)
+	defer stopCPU()
+	go func() { cpu <- measureCPU(cpuCtx, r.t0, r.t1, cfg.serverPID) }()
 
 	var wg sync.WaitGroup
 	for _, c := range clients {
@@ -144,6 +146,15 @@ func loadTest(ctx context.Context, cfg *config, img *payload) (*Report, error) {
 	if err := ctx.Err(); err != nil {
 		r.fail("interrupted: %v", err)
 	}
+	if time.Now().Before(r.t1) {
+		// The clients stopped before the window closed: the CPU figures would be
+		// of part of it, and the throughput is understated.
+		stopCPU()
+		if r.taken.Load() > cfg.maxFrames {
+			r.fail("stopped at --max-frames %d before the measured window ended", cfg.maxFrames)
+		}
+	}
+	cpuCores := <-cpu
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -161,16 +172,12 @@ func loadTest(ctx context.Context, cfg *config, img *payload) (*Report, error) {
 		r.failures = append(r.failures, fmt.Sprintf("... %d failures in all", r.nFailures))
 	}
 	rep.Failures = r.failures
-	select {
-	case c := <-cpu:
-		rep.ClientCPU = c[0]
-		if cfg.serverPID > 0 && c[1] >= 0 {
-			rep.ServerCPU = &c[1]
-		}
-		if c[2] >= 0 {
-			rep.MachineCPU = &c[2]
-		}
-	default: // the run ended before the window did
+	rep.ClientCPU = max(0, cpuCores[0])
+	if cfg.serverPID > 0 && cpuCores[1] >= 0 {
+		rep.ServerCPU = &cpuCores[1]
+	}
+	if cpuCores[2] >= 0 {
+		rep.MachineCPU = &cpuCores[2]
 	}
 	return rep, nil
 }

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# bench.sh measures the raw ONNX Runtime throughput of a model and then the server
+# under load with the same model, in the same run, and prints a markdown table of
+# frames/s, latency and the ratio server ÷ raw ONNX Runtime. `make bench` runs it.
+#
+# Steps, one at a time (the measurements never overlap, since they share the cores):
+#   1. build infergate, loadgen and ortbench into a temporary folder;
+#   2. start a server on a free port of 127.0.0.1 with a temporary database, and
+#      create a key with limits high enough not to get in the way;
+#   3. ortbench, while the server is idle;
+#   4. loadgen: ws-binary and ws-text x 1 and 8 clients x 224x224 and 640x480 frames
+#      (depth DEPTH), post with 1 and 8 clients (the original photo), sse with 1
+#      client (224x224, depth DEPTH);
+#   5. the table, on stdout and in OUT/table.md; every run's JSON, ortbench's and the
+#      server's log stay in OUT.
+#
+# Environment (all optional):
+#   MODEL         model file (default assets/models/mobilenetv2-12-int8.onnx); both
+#                 ortbench and the server use it
+#   DURATION      measured window of each load run (default 10s)
+#   WARMUP        load before each window, not measured (default 2s)
+#   DEPTH         frames a stream client keeps unanswered (default 4)
+#   ORT_DURATION  duration of each ortbench configuration (default 5s)
+#   IMAGE         photo to send (default assets/images/dog.jpg)
+#   SERVER_FLAGS  extra flags for `infergate serve`, e.g. "--workers 1 --threads 2"
+#   QUIET_WAIT    before each measurement, wait up to this many seconds for the other
+#                 processes of the machine to use under 0.3 of a core (default 5; 0
+#                 skips); the table shows how much CPU they used anyway
+#   ORT_LIB       ONNX Runtime library (default third_party/onnxruntime/lib/libonnxruntime.so.1.24.1)
+#   OUT           output folder (default out/bench/<UTC time>; out/bench/latest links to it)
+#
+# The exit status is 1 if a step failed (the table is still printed, with the
+# failures under it), 0 otherwise.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+MODEL=${MODEL:-assets/models/mobilenetv2-12-int8.onnx}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+DEPTH=${DEPTH:-4}
+ORT_DURATION=${ORT_DURATION:-5s}
+IMAGE=${IMAGE:-assets/images/dog.jpg}
+SERVER_FLAGS=${SERVER_FLAGS:-}
+QUIET_WAIT=${QUIET_WAIT:-5}
+ORT_LIB=${ORT_LIB:-third_party/onnxruntime/lib/libonnxruntime.so.1.24.1}
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=${OUT:-out/bench/$stamp}
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+[ -f "$MODEL" ] || die "no model at $MODEL (run make setup, or set MODEL=...)"
+[ -f "$ORT_LIB" ] || die "no ONNX Runtime library at $ORT_LIB (run make setup, or set ORT_LIB=...)"
+[ -f "$IMAGE" ] || die "no image at $IMAGE (run make setup, or set IMAGE=...)"
+command -v go >/dev/null || die "go is not on PATH"
+command -v curl >/dev/null || die "curl is not on PATH"
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/infergate-bench.XXXXXX")
+server_pid=""
+
+stop_server() {
+	[ -n "$server_pid" ] || return 0
+	if kill -0 "$server_pid" 2>/dev/null; then
+		kill -TERM "$server_pid" 2>/dev/null || true
+		# A graceful shutdown is bounded by --shutdown-timeout (10 s); then insist.
+		for _ in $(seq 1 150); do
+			kill -0 "$server_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$server_pid" 2>/dev/null; then
+			say "server did not stop within 15 s; killing it"
+			kill -KILL "$server_pid" 2>/dev/null || true
+		fi
+	fi
+	wait "$server_pid" 2>/dev/null || true
+	server_pid=""
+}
+cleanup() {
+	stop_server
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+failures=()
+fail() {
+	say "FAILED: $*"
+	failures+=("$*")
+}
+
+# machine_busy prints the busy CPU time of the whole machine so far, in clock ticks
+# (1/100 s): user, nice, system, irq, softirq and steal of /proc/stat.
+machine_busy() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+# wait_quiet waits, at most QUIET_WAIT seconds, until the machine spends under 0.3 of
+# a core in a second: the bench shares the cores with whatever else runs.
+wait_quiet() {
+	[ "$QUIET_WAIT" -gt 0 ] 2>/dev/null && [ -r /proc/stat ] || return 0
+	local deadline=$((SECONDS + QUIET_WAIT)) a b
+	while :; do
+		a=$(machine_busy)
+		sleep 1
+		b=$(machine_busy)
+		[ $((b - a)) -lt 30 ] && return 0
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			say "the machine is busy ($((b - a))% of a core used by other processes); measuring anyway"
+			return 0
+		fi
+	done
+}
+
+# 1. Build.
+say "building infergate, loadgen and ortbench"
+export CGO_ENABLED=1
+go build -o "$tmp/infergate" ./cmd/infergate || die "could not build cmd/infergate"
+go build -o "$tmp/loadgen" ./cmd/loadgen || die "could not build cmd/loadgen"
+have_ortbench=0
+if [ -d cmd/ortbench ]; then
+	if go build -o "$tmp/ortbench" ./cmd/ortbench; then
+		have_ortbench=1
+	else
+		fail "could not build cmd/ortbench: the table will have no ratios"
+	fi
+else
+	fail "cmd/ortbench does not exist: the table will have no ratios"
+fi
+
+# 2. Server and key.
+db="$tmp/bench.db"
+"$tmp/infergate" keys create --email bench@local --rpm 1000000 --fps 100000 --max-connections 64 \
+	--db "$db" >"$tmp/key" 2>"$tmp/key.err" || die "could not create the bench key: $(cat "$tmp/key.err")"
+INFERGATE_API_KEY=$(head -n1 "$tmp/key")
+case "$INFERGATE_API_KEY" in ig_*) ;; *) die "keys create printed no key" ;; esac
+export INFERGATE_API_KEY # loadgen reads it: the key stays out of argument lists
+
+say "starting the server (model $MODEL${SERVER_FLAGS:+, $SERVER_FLAGS})"
+# shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
+"$tmp/infergate" serve --db "$db" --addr 127.0.0.1:0 --model "$MODEL" --ort-lib "$ORT_LIB" \
+	--demo-key-file "$tmp/demo-key.txt" $SERVER_FLAGS >"$tmp/server.out" 2>"$OUT/server.log" &
+server_pid=$!
+base=""
+for _ in $(seq 1 600); do
+	if ! kill -0 "$server_pid" 2>/dev/null; then
+		tail -n 20 "$OUT/server.log" >&2
+		die "the server exited during start (log above, and in $OUT/server.log)"
+	fi
+	base=$(grep -o 'listening on http://127\.0\.0\.1:[0-9]*' "$tmp/server.out" | head -n1 | sed 's/^listening on //' || true)
+	[ -n "$base" ] && break
+	sleep 0.1
+done
+[ -n "$base" ] || die "the server did not say where it listens within 60 s (see $OUT/server.log)"
+for _ in $(seq 1 300); do
+	curl -fsS -o /dev/null "$base/readyz" 2>/dev/null && break
+	sleep 0.1
+done
+curl -fsS -o /dev/null "$base/readyz" || die "$base/readyz is not ready within 30 s"
+say "server ready at $base (pid $server_pid)"
+
+# 3. Raw ONNX Runtime, with the server idle.
+ort_json="$OUT/ortbench.json"
+ort_note=""
+if [ "$have_ortbench" = 1 ]; then
+	wait_quiet
+	say "ortbench ($ORT_DURATION per configuration; the server is idle)"
+	m0=$(machine_busy)
+	s0=$(date +%s%N)
+	times >"$tmp/times0" # the CPU of waited-for children so far, to tell ortbench's own
+	if "$tmp/ortbench" --model "$MODEL" --ort-lib "$ORT_LIB" --duration "$ORT_DURATION" >"$ort_json" 2>"$tmp/ortbench.err"; then
+		times >"$tmp/times1"
+		m1=$(machine_busy)
+		[ -s "$ort_json" ] || fail "ortbench printed nothing: the table will have no ratios"
+		elapsed=$(($(date +%s%N) - s0))
+		if [ "$elapsed" -gt 0 ]; then
+			ort_note=$(awk -v m=$((m1 - m0)) -v t="$elapsed" '
+				function sec(x, a) { split(x, a, /[ms]/); return a[1] * 60 + a[2] }
+				FNR == 2 { c[FILENAME] = sec($1) + sec($2) }
+				END {
+					t /= 1e9
+					own = c[ARGV[2]] - c[ARGV[1]]
+					printf "During ortbench: ortbench used %.2f cores, other processes %.2f.", own / t, (m / 100 - own) / t
+				}' "$tmp/times0" "$tmp/times1")
+		fi
+	else
+		cat "$tmp/ortbench.err" >&2
+		fail "ortbench exited with an error (above): the table will have no ratios"
+		rm -f "$ort_json"
+	fi
+fi
+
+# 4. Load runs, one after the other.
+n=0
+run() { # run NAME LOADGEN-FLAGS...
+	local name=$1
+	shift
+	n=$((n + 1))
+	local file
+	file=$(printf '%s/%02d-%s.json' "$OUT" "$n" "$name")
+	say "run $n: $name ($*)"
+	local rc=0
+	wait_quiet
+	"$tmp/loadgen" --url "$base" --server-pid "$server_pid" --image "$IMAGE" \
+		--duration "$DURATION" --warmup "$WARMUP" "$@" >"$file" 2>"$tmp/loadgen.err" || rc=$?
+	if [ "$rc" != 0 ]; then
+		cat "$tmp/loadgen.err" >&2
+		fail "run $name: loadgen exit status $rc ($(tail -n1 "$tmp/loadgen.err"))"
+		[ -s "$file" ] || rm -f "$file"
+	fi
+	kill -0 "$server_pid" 2>/dev/null || {
+		tail -n 20 "$OUT/server.log" >&2
+		die "the server died during run $name (log above, and in $OUT/server.log)"
+	}
+	sleep 1 # let the log writer and the sockets settle between runs
+}
+
+for mode in ws-binary ws-text; do
+	for size in 224x224 640x480; do
+		for clients in 1 8; do
+			run "$mode-c$clients-$size" --mode "$mode" --clients "$clients" --depth "$DEPTH" --size "$size"
+		done
+	done
+done
+run post-c1-orig --mode post --clients 1 --size orig
+run post-c8-orig --mode post --clients 8 --size orig
+run sse-c1-224x224 --mode sse --clients 1 --depth "$DEPTH" --size 224x224
+
+stop_server
+
+# 5. The table.
+runs=("$OUT"/[0-9]*.json)
+[ -e "${runs[0]}" ] || die "no load run produced a report"
+ort_flag=()
+[ -s "$ort_json" ] && ort_flag=(--ort "$ort_json")
+{
+	printf '## infergate bench, %s\n\n' "$stamp"
+	printf 'Model `%s`; server flags: `%s`; %s per run after %s warmup; image `%s`.\n' \
+		"$MODEL" "${SERVER_FLAGS:-(defaults)}" "$DURATION" "$WARMUP" "$IMAGE"
+	printf 'Machine: %s cores, %s; %s.\n\n' "$(nproc)" \
+		"$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || echo unknown CPU)" "$(go version | cut -d' ' -f3)"
+	[ -z "$ort_note" ] || printf '%s\n\n' "$ort_note"
+	"$tmp/loadgen" report "${ort_flag[@]}" "${runs[@]}"
+	printf '\nframes/s: successful answers per second in the window; latency: send to answer, per frame.\n'
+	printf 'Ratios: frames/s ÷ raw ONNX Runtime images/s of ortbench (best setup; best at batch 1).\n'
+	printf 'CPU in cores during the window: the server, loadgen, and every other process of the machine.\n'
+	errors=$(grep -c 'level=ERROR' "$OUT/server.log" || true)
+	printf '\nServer log: %s ERROR lines (%s).\n' "$errors" "$OUT/server.log"
+} >"$OUT/table.md" || fail "could not write the table"
+cat "$OUT/table.md"
+ln -sfn "$(basename "$OUT")" "$(dirname "$OUT")/latest" 2>/dev/null || true
+
+if [ "${#failures[@]}" -gt 0 ]; then
+	printf '\n' >&2
+	for f in "${failures[@]}"; do say "FAILED: $f"; done
+	exit 1
+fi
+say "done: $OUT"
