@@ -183,9 +183,12 @@ func setRateLimitHeaders(w http.ResponseWriter, d ratelimit.Decision) {
 	h.Set("RateLimit-Reset", strconv.Itoa(ceilSeconds(d.Reset)))
 }
 
+// levelFor is the access log level of a status: requests are logged at debug level,
+// since a line per request costs a loaded server more than the request itself
+// (--log-level debug shows them); server errors are warnings.
 func levelFor(status int) slog.Level {
-	if status >= 500 {
+	if status >= 500 && status != 503 {
 		return slog.LevelWarn
 	}
-	return slog.LevelInfo
+	return slog.LevelDebug
 }
