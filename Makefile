@@ -33,6 +33,7 @@ test-go:
 
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./infer
+	$(GO) test -run '^$$' -fuzz '^FuzzTurboDecode$$' -fuzztime $(FUZZTIME) ./infer/jpegturbo
 	$(GO) test -run '^$$' -fuzz '^FuzzClassifyBody$$' -fuzztime $(FUZZTIME) ./transport
 	$(GO) test -run '^$$' -fuzz '^FuzzMessage$$' -fuzztime $(FUZZTIME) ./transport
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/infer/jpegturbo"
 	"github.com/infergate/infergate/infer/ort"
 	"github.com/infergate/infergate/internal/testenv"
 )
@@ -24,9 +25,16 @@ func BenchmarkDecodeDogJPEG(b *testing.B) {
 }
 
 // BenchmarkFill measures preprocessing to a 224x224 NCHW tensor: the dog photo as
-// the JPEG decoder returns it (YCbCr), the same as RGBA, and a 12 MP photo.
+// the JPEG decoder returns it (YCbCr), the same as RGBA, as jpegturbo returns it
+// for this input (RGBA, 384x288), and a 12 MP photo.
 func BenchmarkFill(b *testing.B) {
-	img, _, err := infer.Decode(testenv.ReadImage(b, "dog.jpg"), infer.Limits{})
+	dog := testenv.ReadImage(b, "dog.jpg")
+	img, _, err := infer.Decode(dog, infer.Limits{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	needTurbo(b)
+	scaled, err := jpegturbo.Decode(dog, 256, 256)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -45,6 +53,7 @@ func BenchmarkFill(b *testing.B) {
 		{"dog-ycbcr", img, ""},
 		{"dog-ycbcr-stretch", img, "stretch"},
 		{"dog-rgba", rgba, ""},
+		{"dog-jpegturbo", scaled, ""},
 		{"12mp-ycbcr", big, ""},
 	} {
 		b.Run(bb.name, func(b *testing.B) {
@@ -60,32 +69,41 @@ func BenchmarkFill(b *testing.B) {
 // BenchmarkClassifyDog measures the whole path through ONNX Runtime: decode,
 // preprocess, inference and top-5. "serial" is one caller on one single-threaded
 // session (latency); "parallel" is many callers on one session per CPU
-// (throughput).
+// (throughput). The "-jpegturbo" variants decode with libjpeg-turbo, scaled
+// (Options.DecodeJPEG), instead of image/jpeg.
 func BenchmarkClassifyDog(b *testing.B) {
 	dog := testenv.ReadImage(b, "dog.jpg")
-	b.Run("serial", func(b *testing.B) {
-		c := mobileNet(b, 1, infer.Options{})
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := c.Classify(context.Background(), dog, 5); err != nil {
-				b.Fatal(err)
-			}
+	for _, d := range []struct {
+		suffix string
+		decode func([]byte, int, int) (image.Image, error)
+	}{{"", nil}, {"-jpegturbo", jpegturbo.Decode}} {
+		if d.decode != nil {
+			needTurbo(b)
 		}
-	})
-	b.Run("parallel", func(b *testing.B) {
-		c := mobileNet(b, runtime.NumCPU(), infer.Options{QueueSize: 1024})
-		b.ReportAllocs()
-		b.SetParallelism(2) // callers per CPU: keep every worker busy
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		b.Run("serial"+d.suffix, func(b *testing.B) {
+			c := mobileNet(b, 1, infer.Options{DecodeJPEG: d.decode})
+			b.ReportAllocs()
+			for b.Loop() {
 				if _, err := c.Classify(context.Background(), dog, 5); err != nil {
-					b.Error(err)
-					return
+					b.Fatal(err)
 				}
 			}
 		})
-	})
+		b.Run("parallel"+d.suffix, func(b *testing.B) {
+			c := mobileNet(b, runtime.NumCPU(), infer.Options{QueueSize: 1024, DecodeJPEG: d.decode})
+			b.ReportAllocs()
+			b.SetParallelism(2) // callers per CPU: keep every worker busy
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := c.Classify(context.Background(), dog, 5); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
 }
 
 // BenchmarkRawORT measures Session.Run alone on one preprocessed image, batch 1,

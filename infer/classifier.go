@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"image"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,16 +30,38 @@ type Options struct {
 	Limits Limits
 	// Preprocess is the model's input recipe.
 	Preprocess Preprocess
+	// DecodeJPEG, if set, decodes JPEG images in place of image/jpeg, to an
+	// image of at least minW x minH pixels, or of full size if the image is
+	// smaller: the size below which Preprocess would have to enlarge it (the
+	// input size for Resize "stretch"; for "shorter", ResizeShorter or the input
+	// size, whichever is larger, on both sides). A decoder that can scale while it
+	// decodes, as jpegturbo.Decode does in the DCT domain, then does a fraction of
+	// the work; the price is a slightly different resampling, see the package
+	// documentation. Nil means image/jpeg at full size.
+	//
+	// It is called only for data that passed the checks of Decode, header
+	// included, so its image is never larger than Limits allow, and from several
+	// workers at once. An error whose Corrupt method (interface{ Corrupt() bool })
+	// reports true refuses the image with ErrInvalidImage. Any other error, or
+	// an image larger than the header declares, makes the worker decode the image
+	// again with image/jpeg, so that what DecodeJPEG cannot read (say a CMYK
+	// JPEG, or every JPEG in a build without libjpeg-turbo) is treated as without
+	// it.
+	DecodeJPEG func(data []byte, minW, minH int) (image.Image, error)
 }
 
 // Result is the answer to one Classify call.
 type Result struct {
 	// Predictions are the top classes, highest confidence first.
 	Predictions []Prediction
-	// Width and Height are the size of the decoded image; Format is "jpeg",
-	// "png", "gif" or "webp".
+	// Width and Height are the size of the image (of the JPEG's header when
+	// Options.DecodeJPEG decoded it smaller); Format is "jpeg", "png", "gif" or
+	// "webp".
 	Width, Height int
 	Format        string
+	// Decoder is what decoded the image: "Options.DecodeJPEG", or the package
+	// of the standard decoder, such as "image/jpeg".
+	Decoder string
 	// QueueMS is the time spent waiting for a worker, DecodeMS and PreprocessMS
 	// the worker's time on this image, and InferenceMS the time of the model run,
 	// shared by every image of a batch.
@@ -52,9 +75,10 @@ type Classifier struct {
 	backends []Backend
 	labels   []string
 	info     ModelInfo
-	opt      Options // defaults applied
-	maxBatch int     // jobs per model run
-	size     int     // floats per image in the input tensor
+	opt      Options     // defaults applied
+	maxBatch int         // jobs per model run
+	size     int         // floats per image in the input tensor
+	jpeg     *scaledJPEG // Options.DecodeJPEG, or nil
 
 	mu     sync.RWMutex // guards closed, and sending on queue against its closing
 	closed bool
@@ -155,6 +179,10 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 		maxBatch: 1,
 		size:     3 * info.Width * info.Height,
 		queue:    make(chan *job, opt.QueueSize),
+	}
+	if opt.DecodeJPEG != nil {
+		minW, minH := opt.Preprocess.minSource(info.Width, info.Height)
+		c.jpeg = &scaledJPEG{decode: opt.DecodeJPEG, minW: minW, minH: minH}
 	}
 	switch n := in.Shape[0]; {
 	case n <= 0:
@@ -356,14 +384,13 @@ func (c *Classifier) prepare(j *job, dst []float32) (err error) {
 		}
 	}()
 	t0 := time.Now()
-	img, format, err := Decode(j.image, c.opt.Limits)
+	d, err := decode(j.image, c.opt.Limits, codecs[:], c.jpeg)
 	if err != nil {
 		return err
 	}
 	t1 := time.Now()
-	c.opt.Preprocess.Fill(dst, img, c.info.Layout, c.info.Width, c.info.Height)
-	b := img.Bounds()
-	j.res.Width, j.res.Height, j.res.Format = b.Dx(), b.Dy(), format
+	c.opt.Preprocess.Fill(dst, d.img, c.info.Layout, c.info.Width, c.info.Height)
+	j.res.Width, j.res.Height, j.res.Format, j.res.Decoder = d.width, d.height, d.format, d.decoder
 	j.res.DecodeMS, j.res.PreprocessMS = ms(t1.Sub(t0)), ms(time.Since(t1))
 	return nil
 }

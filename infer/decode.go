@@ -17,6 +17,7 @@ import (
 type codec struct {
 	name   string // as returned by Decode
 	title  string // in error messages
+	pkg    string // the decoder, as Result.Decoder names it
 	match  func([]byte) bool
 	config func(io.Reader) (image.Config, error)
 	decode func(io.Reader) (image.Image, error)
@@ -26,14 +27,14 @@ type codec struct {
 // registry, so that exactly these formats are accepted whatever else the program
 // registers.
 var codecs = [...]codec{
-	{"jpeg", "JPEG", func(b []byte) bool { return bytes.HasPrefix(b, []byte("\xff\xd8")) },
+	{"jpeg", "JPEG", "image/jpeg", func(b []byte) bool { return bytes.HasPrefix(b, []byte("\xff\xd8")) },
 		jpeg.DecodeConfig, jpeg.Decode},
-	{"png", "PNG", func(b []byte) bool { return bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) },
+	{"png", "PNG", "image/png", func(b []byte) bool { return bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) },
 		png.DecodeConfig, png.Decode},
-	{"gif", "GIF", func(b []byte) bool {
+	{"gif", "GIF", "image/gif", func(b []byte) bool {
 		return bytes.HasPrefix(b, []byte("GIF87a")) || bytes.HasPrefix(b, []byte("GIF89a"))
 	}, gif.DecodeConfig, gif.Decode},
-	{"webp", "WebP", func(b []byte) bool {
+	{"webp", "WebP", "golang.org/x/image/webp", func(b []byte) bool {
 		return len(b) >= 16 && string(b[:4]) == "RIFF" && string(b[8:15]) == "WEBPVP8"
 	}, webp.DecodeConfig, webp.Decode},
 }
@@ -49,53 +50,99 @@ var codecs = [...]codec{
 //
 // Decode is safe for concurrent use.
 func Decode(data []byte, lim Limits) (img image.Image, format string, err error) {
-	return decode(data, lim, codecs[:])
+	d, err := decode(data, lim, codecs[:], nil)
+	return d.img, d.format, err
 }
 
-func decode(data []byte, lim Limits, codecs []codec) (img image.Image, format string, err error) {
+// scaledJPEG is Options.DecodeJPEG with the smallest image the preprocessing
+// needs.
+type scaledJPEG struct {
+	decode     func(data []byte, minW, minH int) (image.Image, error)
+	minW, minH int
+}
+
+// decodeJPEGName is Result.Decoder for an image that Options.DecodeJPEG decoded.
+const decodeJPEGName = "Options.DecodeJPEG"
+
+// corrupter is implemented by the errors of an Options.DecodeJPEG that can tell
+// damaged data from data it merely cannot handle, such as jpegturbo.Error.
+type corrupter interface{ Corrupt() bool }
+
+// decoded is what decode returns.
+type decoded struct {
+	img     image.Image
+	format  string // codec.name
+	decoder string // codec.pkg or decodeJPEGName
+	// width and height are those of the image, as the header declares them
+	// when scaled has decoded it smaller, else img's.
+	width, height int
+}
+
+// decode is Decode, on codecs, with JPEG decoded by scaled when it is not nil:
+// after the same checks of the header, and falling back to the codec's decoder
+// when scaled fails other than on corrupt data.
+func decode(data []byte, lim Limits, codecs []codec, scaled *scaledJPEG) (d decoded, err error) {
 	lim = lim.withDefaults()
 	if len(data) == 0 {
-		return nil, "", fmt.Errorf("%w: empty image", ErrInvalidImage)
+		return decoded{}, fmt.Errorf("%w: empty image", ErrInvalidImage)
 	}
 	if int64(len(data)) > lim.MaxBytes {
-		return nil, "", fmt.Errorf("%w: image is %d bytes, limit is %d", ErrTooLarge, len(data), lim.MaxBytes)
+		return decoded{}, fmt.Errorf("%w: image is %d bytes, limit is %d", ErrTooLarge, len(data), lim.MaxBytes)
 	}
 	f := sniff(data, codecs)
 	if f == nil {
-		return nil, "", fmt.Errorf("%w: unsupported format (want JPEG, PNG, GIF or WebP)", ErrInvalidImage)
+		return decoded{}, fmt.Errorf("%w: unsupported format (want JPEG, PNG, GIF or WebP)", ErrInvalidImage)
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			img, format = nil, ""
+			d = decoded{}
 			err = fmt.Errorf("%w: malformed %s data (decoder failed)", ErrInvalidImage, f.title)
 		}
 	}()
 
 	cfg, err := f.config(bytes.NewReader(data))
 	if err != nil {
-		return nil, "", decodeError(f, err)
+		return decoded{}, decodeError(f, err)
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 {
-		return nil, "", fmt.Errorf("%w: %s header declares %dx%d pixels", ErrInvalidImage, f.title, cfg.Width, cfg.Height)
+		return decoded{}, fmt.Errorf("%w: %s header declares %dx%d pixels", ErrInvalidImage, f.title, cfg.Width, cfg.Height)
 	}
 	if err := checkPixels(cfg.Width, cfg.Height, lim.MaxPixels); err != nil {
-		return nil, "", err
+		return decoded{}, err
 	}
 
-	img, err = f.decode(bytes.NewReader(data))
+	if scaled != nil && f.name == "jpeg" {
+		img, err := scaled.decode(data, scaled.minW, scaled.minH)
+		var c corrupter
+		switch {
+		case err == nil:
+			// Use it if it is no larger than the header said; else image/jpeg
+			// decides.
+			if img == nil {
+				break
+			}
+			if b := img.Bounds(); !b.Empty() && b.Dx() <= cfg.Width && b.Dy() <= cfg.Height {
+				return decoded{img, f.name, decodeJPEGName, cfg.Width, cfg.Height}, nil
+			}
+		case errors.As(err, &c) && c.Corrupt():
+			return decoded{}, fmt.Errorf("%w: malformed %s data (%s)", ErrInvalidImage, f.title, safeText(err.Error()))
+		}
+	}
+
+	img, err := f.decode(bytes.NewReader(data))
 	if err != nil {
-		return nil, "", decodeError(f, err)
+		return decoded{}, decodeError(f, err)
 	}
 	// The decoders size their buffers from the header checked above; this guards
 	// against a format whose frame could disagree with it.
 	b := img.Bounds()
 	if b.Empty() {
-		return nil, "", fmt.Errorf("%w: %s image has no pixels", ErrInvalidImage, f.title)
+		return decoded{}, fmt.Errorf("%w: %s image has no pixels", ErrInvalidImage, f.title)
 	}
 	if err := checkPixels(b.Dx(), b.Dy(), lim.MaxPixels); err != nil {
-		return nil, "", err
+		return decoded{}, err
 	}
-	return img, f.name, nil
+	return decoded{img, f.name, f.pkg, b.Dx(), b.Dy()}, nil
 }
 
 func sniff(data []byte, codecs []codec) *codec {

@@ -196,10 +196,7 @@ func newGeometry(p Preprocess, r image.Rectangle, width, height int) geometry {
 	if p.Resize == "stretch" {
 		return geometry{rx: sw / float64(width), ry: sh / float64(height)}
 	}
-	short := p.ResizeShorter
-	if short <= 0 {
-		short = (256*min(width, height) + 112) / 224
-	}
+	short := p.shorter(width, height)
 	scale := float64(short) / min(sw, sh) // output pixels per source pixel
 	scale = max(scale, float64(width)/sw, float64(height)/sh)
 	return geometry{
@@ -207,6 +204,28 @@ func newGeometry(p Preprocess, r image.Rectangle, width, height int) geometry {
 		offX: (sw - float64(width)/scale) / 2,
 		offY: (sh - float64(height)/scale) / 2,
 	}
+}
+
+// shorter returns the shorter side before the centre crop for a width x height
+// input: ResizeShorter, or its default.
+func (p Preprocess) shorter(width, height int) int {
+	if p.ResizeShorter > 0 {
+		return p.ResizeShorter
+	}
+	return (256*min(width, height) + 112) / 224
+}
+
+// minSource returns the smallest source that Fill shrinks, rather than enlarges,
+// to a width x height input, whatever its aspect: a decoder that can scale as it
+// decodes (Options.DecodeJPEG) need decode no more.
+func (p Preprocess) minSource(width, height int) (w, h int) {
+	if p.Resize == "stretch" {
+		return width, height
+	}
+	// Fill scales by the largest of short/min(sw, sh), width/sw and height/sh:
+	// at most 1 when both sides are at least short, sw >= width and sh >= height.
+	s := p.shorter(width, height)
+	return max(s, width), max(s, height)
 }
 
 // scratch is the reusable working memory of one Fill call, and the source image

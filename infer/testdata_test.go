@@ -169,6 +169,19 @@ func pngHeader(w, h uint32) []byte {
 	return b.Bytes()
 }
 
+// jpegHeader returns a JPEG that has only SOI, a JFIF marker (without which
+// DecodeConfig looks on for an Adobe one), a baseline SOF declaring w x h pixels
+// of three components, and EOI: enough for DecodeConfig, no pixel data.
+func jpegHeader(w, h uint16) []byte {
+	return []byte{
+		0xff, 0xd8, // SOI
+		0xff, 0xe0, 0, 16, 'J', 'F', 'I', 'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, // APP0
+		0xff, 0xc0, 0, 17, 8, byte(h >> 8), byte(h), byte(w >> 8), byte(w), 3, // SOF0
+		1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1,
+		0xff, 0xd9, // EOI
+	}
+}
+
 // testdataFiles are the seeds of FuzzDecode and the inputs of the decode tests,
 // generated here so that anyone can regenerate them with `go test -run
 // TestTestdata -update`.
@@ -180,6 +193,7 @@ func testdataFiles(t testing.TB) map[string][]byte {
 		"tiny.gif":      encodeGIF(t, 6, 4, color.RGBA{255, 0, 0, 255}),
 		"tiny.webp":     checkerWebP(),
 		"huge.png":      pngHeader(100000, 100000),
+		"huge.jpg":      jpegHeader(65535, 65535), // the largest a JPEG can declare
 		"truncated.jpg": jpg[:len(jpg)/2],
 	}
 }

@@ -33,7 +33,24 @@ fetch() { # fetch URL DEST
 	curl -fsSL --retry 2 --connect-timeout 15 -o "$2.part" "$1" && mv "$2.part" "$2"
 }
 
+# libjpeg makes sure the libjpeg-turbo headers that infer/jpegturbo builds against
+# (cgo, -ljpeg) are there: Debian's libjpeg62-turbo-dev.
+libjpeg() {
+	[ -f /usr/include/jpeglib.h ] && return 0
+	local how="install the libjpeg-turbo headers (Debian: libjpeg62-turbo-dev, Ubuntu: libjpeg-turbo8-dev), or build with -tags nojpegturbo to decode JPEG with image/jpeg only"
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		say "installing libjpeg62-turbo-dev (libjpeg-turbo headers for infer/jpegturbo)"
+		if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjpeg62-turbo-dev >/dev/null 2>&1 ||
+			{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjpeg62-turbo-dev >/dev/null; }; }; then
+			say "warning: could not install libjpeg62-turbo-dev: $how"
+		fi
+	else
+		say "warning: /usr/include/jpeglib.h is missing: $how"
+	fi
+}
+
 runtime() {
+	libjpeg
 	if [ -f "$ORT_LIB" ] && [ -f "$ORT_DIR/lib/.verified" ] && [ "$(cat "$ORT_DIR/lib/.verified")" = "$(sha "$ORT_LIB")" ]; then
 		return 0
 	fi

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/infer/jpegturbo"
 	"github.com/infergate/infergate/infer/ort"
 	"github.com/infergate/infergate/internal/testenv"
 	"github.com/infergate/infergate/session"
@@ -64,7 +65,8 @@ func realModel(t testing.TB) *infer.Classifier {
 			modelErr = err
 			return
 		}
-		model, modelErr = infer.New(backends, labels, infer.Options{Name: "mobilenetv2-12-int8"})
+		// The server's own configuration: libjpeg-turbo decodes JPEGs.
+		model, modelErr = infer.New(backends, labels, infer.Options{Name: "mobilenetv2-12-int8", DecodeJPEG: jpegturbo.Decode})
 	})
 	if modelErr != nil {
 		t.Fatalf("load the model: %v", modelErr)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/infer/jpegturbo"
 	"github.com/infergate/infergate/infer/ort"
 	"github.com/infergate/infergate/session"
 	"github.com/infergate/infergate/storage"
@@ -140,12 +141,18 @@ func (m *Main) loadModel() (*infer.Classifier, error) {
 		MaxBatch:   c.maxBatch,
 		Limits:     infer.Limits{MaxBytes: c.maxImageBytes, MaxPixels: c.maxPixels},
 		Preprocess: infer.Preprocess{Mean: mean, Std: std, Resize: c.resize},
+		DecodeJPEG: jpegturbo.Decode, // falls back to image/jpeg on what it cannot read
 	})
 	if err != nil {
 		for _, b := range backends {
 			b.Close()
 		}
 		return nil, fmt.Errorf("model %s: %w", c.model, err)
+	}
+	if v := jpegturbo.Version(); v != "" {
+		m.log.Info("JPEG decoder", "decoder", v+", scaled to the model input", "fallback", "image/jpeg")
+	} else {
+		m.log.Info("JPEG decoder", "decoder", "image/jpeg", "why", "built without libjpeg-turbo (no cgo, or -tags nojpegturbo)")
 	}
 	return cls, nil
 }

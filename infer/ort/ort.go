@@ -1,6 +1,7 @@
 // Package ort runs infer.Backend sessions on ONNX Runtime, through
-// github.com/yalue/onnxruntime_go. It is the only package of infergate that uses
-// cgo, and is kept small: everything that can be pure Go lives in package infer.
+// github.com/yalue/onnxruntime_go. It is one of the two packages of infergate that
+// use cgo (with infer/jpegturbo), and is kept small: everything that can be pure
+// Go lives in package infer.
 //
 // A process calls Init once with the path of the ONNX Runtime shared library, opens
 // sessions with Open or OpenPool, and calls Destroy after closing them.

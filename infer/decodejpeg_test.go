@@ -1,0 +1,177 @@
+package infer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"math"
+	"sync"
+	"testing"
+
+	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/infer/jpegturbo"
+	"github.com/infergate/infergate/internal/testenv"
+)
+
+// needTurbo fails the test in builds without libjpeg-turbo.
+func needTurbo(t testing.TB) {
+	t.Helper()
+	if jpegturbo.Version() == "" {
+		t.Fatal("this build has no libjpeg-turbo (no cgo, or -tags nojpegturbo): install libjpeg62-turbo-dev (make setup) and build with cgo")
+	}
+}
+
+// TestClassifyDecodeJPEG classifies the photos with libjpeg-turbo's scaled
+// decoding: the stable expectations hold in both resize modes. It logs how far
+// the probabilities move from image/jpeg's (total variation distance), next to
+// how far they move when image/jpeg's image is resized to 258 instead of 256
+// pixels: the int8 model is that sensitive, so the top class of an ambiguous
+// photo may change either way and only the stable expectations are checked.
+func TestClassifyDecodeJPEG(t *testing.T) {
+	needTurbo(t)
+	l := labels(t)
+	for _, resize := range []string{"shorter", "stretch"} {
+		t.Run(resize, func(t *testing.T) {
+			p := infer.Preprocess{Resize: resize}
+			std := mobileNet(t, 1, infer.Options{Preprocess: p})
+			var nudged *infer.Classifier // ResizeShorter means nothing to "stretch"
+			if resize == "shorter" {
+				nudged = mobileNet(t, 1, infer.Options{Preprocess: infer.Preprocess{Resize: resize, ResizeShorter: 258}})
+			}
+			turbo := mobileNet(t, 1, infer.Options{Preprocess: p, DecodeJPEG: jpegturbo.Decode})
+			for _, name := range photos {
+				t.Run(name, func(t *testing.T) {
+					data := testenv.ReadImage(t, name)
+					res, err := turbo.Classify(context.Background(), data, 5)
+					if err != nil {
+						t.Fatal(err)
+					}
+					checkResult(t, res, l, 5)
+					checkPhoto(t, name, res)
+					want := classifyAll(t, std, data)
+					if res.Decoder != "Options.DecodeJPEG" || want.Decoder != "image/jpeg" {
+						t.Errorf("decoders %q and %q, want Options.DecodeJPEG and image/jpeg", res.Decoder, want.Decoder)
+					}
+					if res.Format != "jpeg" || res.Width != want.Width || res.Height != want.Height {
+						t.Errorf("format %q, size %dx%d; want jpeg, %dx%d", res.Format, res.Width, res.Height, want.Width, want.Height)
+					}
+					all := classifyAll(t, turbo, data)
+					nudge := ""
+					if nudged != nil {
+						nudge = fmt.Sprintf(" (image/jpeg at 258: %.3f)", distance(want, classifyAll(t, nudged, data)))
+					}
+					t.Logf("top-5 %v, image/jpeg %v; distance %.3f%s; decode %.2f ms, image/jpeg %.2f ms",
+						indexes(res.Predictions), indexes(want.Predictions[:5]), distance(want, all), nudge,
+						all.DecodeMS, want.DecodeMS)
+				})
+			}
+		})
+	}
+}
+
+// classifyAll returns c's result for data with every class.
+func classifyAll(t testing.TB, c *infer.Classifier, data []byte) *infer.Result {
+	t.Helper()
+	res, err := c.Classify(context.Background(), data, math.MaxInt32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// distance returns the total variation distance between the probabilities of
+// two results with every class: 0 when equal, 1 when disjoint.
+func distance(a, b *infer.Result) float64 {
+	p := make(map[int]float64, len(a.Predictions))
+	for _, x := range a.Predictions {
+		p[x.Index] = x.Confidence
+	}
+	d := 0.0
+	for _, x := range b.Predictions {
+		d += math.Abs(p[x.Index] - x.Confidence)
+	}
+	return d / 2
+}
+
+// TestClassifyDecodeJPEGSize checks the size the classifier asks DecodeJPEG for.
+func TestClassifyDecodeJPEGSize(t *testing.T) {
+	needTurbo(t)
+	dog := testenv.ReadImage(t, "dog.jpg")
+	for _, tt := range []struct {
+		name       string
+		p          infer.Preprocess
+		minW, minH int
+		w, h       int // what jpegturbo returns for dog.jpg
+	}{
+		{"shorter", infer.Preprocess{}, 256, 256, 384, 288},
+		{"stretch", infer.Preprocess{Resize: "stretch"}, 224, 224, 384, 288},
+		{"shorter 300", infer.Preprocess{ResizeShorter: 300}, 300, 300, 480, 360},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var got image.Rectangle
+			c := mobileNet(t, 1, infer.Options{Preprocess: tt.p, DecodeJPEG: func(data []byte, minW, minH int) (image.Image, error) {
+				if minW != tt.minW || minH != tt.minH {
+					t.Errorf("DecodeJPEG(%d, %d), want (%d, %d)", minW, minH, tt.minW, tt.minH)
+				}
+				img, err := jpegturbo.Decode(data, minW, minH)
+				if err == nil {
+					mu.Lock()
+					got = img.Bounds()
+					mu.Unlock()
+				}
+				return img, err
+			}})
+			if _, err := c.Classify(context.Background(), dog, 1); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if got != image.Rect(0, 0, tt.w, tt.h) {
+				t.Errorf("decoded %v, want %dx%d", got, tt.w, tt.h)
+			}
+		})
+	}
+}
+
+func TestClassifyDecodeJPEGBadInput(t *testing.T) {
+	needTurbo(t)
+	var calls sync.Map
+	c := mobileNet(t, 1, infer.Options{DecodeJPEG: func(data []byte, minW, minH int) (image.Image, error) {
+		calls.Store(len(data), true)
+		return jpegturbo.Decode(data, minW, minH)
+	}})
+	dog := testenv.ReadImage(t, "dog.jpg")
+	huge := readTestdata(t, "huge.jpg")
+	for _, tt := range []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"truncated", dog[:len(dog)/2], infer.ErrInvalidImage},
+		{"tiny truncated", readTestdata(t, "truncated.jpg"), infer.ErrInvalidImage},
+		{"no end marker", dog[:len(dog)-2], infer.ErrInvalidImage},
+		{"huge header", huge, infer.ErrTooLarge},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := c.Classify(context.Background(), tt.data, 5)
+			if !errors.Is(err, tt.want) || res != nil {
+				t.Errorf("Classify = %v, %v; want %v", res, err, tt.want)
+			}
+			t.Log(err)
+		})
+	}
+	if _, ok := calls.Load(len(huge)); ok {
+		t.Error("DecodeJPEG was called for the huge header")
+	}
+	// A JPEG that image/jpeg decodes after DecodeJPEG fails: tiny.jpg is not
+	// corrupt, but a DecodeJPEG that cannot read it falls back.
+	c2 := mobileNet(t, 1, infer.Options{DecodeJPEG: func([]byte, int, int) (image.Image, error) {
+		return nil, jpegturbo.ErrUnavailable
+	}})
+	res, err := c2.Classify(context.Background(), readTestdata(t, "tiny.jpg"), 1)
+	if err != nil || res.Decoder != "image/jpeg" {
+		t.Errorf("Classify = %+v, %v; want image/jpeg's result", res, err)
+	}
+}

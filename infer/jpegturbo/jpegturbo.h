@@ -1,0 +1,39 @@
+// The C side of package jpegturbo: two self-contained calls into libjpeg, each
+// with its own error manager, so that no libjpeg state outlives a call.
+
+#ifndef INFERGATE_JPEGTURBO_H
+#define INFERGATE_JPEGTURBO_H
+
+#include <stddef.h>
+
+// Status of a call.
+enum {
+	JT_OK = 0,
+	JT_CORRUPT = 1, // the data is damaged: truncated, or bad entropy-coded data
+	JT_FAILED = 2,  // anything else: unsupported, or a problem image/jpeg may not have
+};
+
+typedef struct {
+	int status;
+	int width, height; // the output size (jt_header)
+	int scale;         // the output is scale/8 of the source (jt_header)
+	int gray;          // 1: one channel out, 0: RGBA (jt_header)
+	char msg[200];     // libjpeg's message when status != JT_OK; JMSG_LENGTH_MAX
+} jt_result;
+
+// jt_header reads the header, refuses an image of more than max_pixels pixels,
+// and chooses the smallest scale/8 whose output is at least min_w x min_h pixels
+// (8/8 if the source is smaller).
+void jt_header(const unsigned char *data, size_t size, int min_w, int min_h,
+	long long max_pixels, jt_result *r);
+
+// jt_decode decodes data at scale/8 into pix, one row every stride bytes, 4 bytes
+// per pixel (1 if gray), every row in this one call. scale, gray, width and height
+// must be what jt_header returned for the same data; pix must hold height rows.
+void jt_decode(const unsigned char *data, size_t size, int scale, int gray,
+	int width, int height, unsigned char *pix, size_t stride, jt_result *r);
+
+// jt_version returns the libjpeg-turbo version of the headers built against.
+const char *jt_version(void);
+
+#endif
