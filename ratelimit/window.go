@@ -85,6 +85,10 @@ func checkWindow(window time.Duration) {
 	}
 }
 
+// initialSlots is the ring buffer a window starts with; it doubles as events
+// arrive, up to the limit.
+const initialSlots = 16
+
 func clampLimit(limit int) int {
 	return max(limit, 1)
 }
@@ -96,13 +100,14 @@ func clampLimit(limit int) int {
 // Measuring from base with time.Time.Sub uses the monotonic reading when
 // both times carry one, so wall-clock steps do not matter with time.Now.
 //
-// len(times) is the limit, except after the limit is lowered while more
-// events are held: then the buffer keeps them all (so raising the limit again
-// stays exact) and shrinks back once they have left.
+// len(times) starts at min(limit, initialSlots) and doubles when an admitted
+// event finds it full, never past the limit, so memory follows the events held.
+// After the limit is lowered while more events are held, the buffer keeps them
+// all (so raising the limit again stays exact) and shrinks once they have left.
 type ring struct {
 	window  time.Duration
 	limit   int
-	times   []time.Duration // ring buffer; len(times) >= limit
+	times   []time.Duration // ring buffer; grows on demand up to the limit
 	head    int             // index of the oldest event
 	n       int             // events held, n <= len(times)
 	base    time.Time       // time zero of the clock; set by the first advance
@@ -112,7 +117,7 @@ type ring struct {
 
 func newRing(limit int, window time.Duration) ring {
 	limit = clampLimit(limit)
-	return ring{window: window, limit: limit, times: make([]time.Duration, limit)}
+	return ring{window: window, limit: limit, times: make([]time.Duration, min(limit, initialSlots))}
 }
 
 // advance moves the clock to now and returns the time to decide at. A now
@@ -152,7 +157,7 @@ func (r *ring) expire(t time.Duration) {
 		r.n--
 	}
 	if len(r.times) > r.limit && r.n <= r.limit {
-		r.resize(r.limit)
+		r.resize(max(r.n, min(r.limit, initialSlots)))
 	}
 }
 
@@ -170,6 +175,11 @@ func (r *ring) decide(t time.Duration, take bool) Decision {
 	}
 	d.Allowed = true
 	if take {
+		if r.n == len(r.times) {
+			// Memory follows the events held, not the limit: a key allowed a
+			// million requests a minute that sends ten holds ten slots.
+			r.resize(min(r.limit, max(2*len(r.times), initialSlots)))
+		}
 		j := r.head + r.n
 		if j >= len(r.times) {
 			j -= len(r.times)
@@ -194,8 +204,8 @@ func (r *ring) idle(now time.Time) bool {
 func (r *ring) setLimit(limit int) {
 	limit = clampLimit(limit)
 	r.limit = limit
-	if size := max(limit, r.n); size != len(r.times) {
-		r.resize(size)
+	if len(r.times) > limit && r.n <= limit {
+		r.resize(max(r.n, min(limit, initialSlots)))
 	}
 }
 
