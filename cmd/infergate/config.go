@@ -51,7 +51,7 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.StringVar(&c.demoKeyFile, "demo-key-file", "", "where the first start writes the demo user's key (default: demo-api-key.txt beside the database)")
 	fs.IntVar(&c.workers, "workers", runtime.NumCPU(), "model sessions running side by side; each decodes and classifies one image (or batch) at a time")
 	fs.IntVar(&c.threads, "threads", 1, "ONNX Runtime intra-op threads per worker; workers x threads should not exceed the cores")
-	fs.IntVar(&c.maxBatch, "max-batch", 1, "images a worker may run in one batch when several wait (models with a dynamic batch size)")
+	fs.IntVar(&c.maxBatch, "max-batch", 8, "images a worker may run in one batch when several wait (models with a dynamic batch size); it never waits to fill one")
 	fs.IntVar(&c.queue, "queue", 64, "images waiting for a worker before new ones are answered overloaded (503)")
 	fs.StringVar(&c.resize, "resize", "shorter", "preprocessing: shorter (shorter side to 256/224 of the input, centre crop) or stretch")
 	fs.StringVar(&c.mean, "mean", "0.485,0.456,0.406", "per-channel mean of x/255, RGB")
