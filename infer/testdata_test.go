@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"flag"
-	"hash/crc32"
 	"image"
 	"image/color"
 	"image/color/palette"
@@ -14,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/infergate/infergate/internal/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite the files in testdata")
@@ -145,30 +146,6 @@ func checkerWebP() []byte {
 	return losslessWebP(4, 2, 10, 200, [2]uint8{0, 255}, func(x, y int) int { return (x + y) & 1 })
 }
 
-// pngHeader returns a PNG that has only a signature, an IHDR chunk declaring
-// w x h 8-bit RGB pixels, and IEND: enough for DecodeConfig, no pixel data.
-func pngHeader(w, h uint32) []byte {
-	var b bytes.Buffer
-	b.WriteString("\x89PNG\r\n\x1a\n")
-	chunk := func(typ string, data []byte) {
-		binary.Write(&b, binary.BigEndian, uint32(len(data)))
-		crc := crc32.NewIEEE()
-		crc.Write([]byte(typ))
-		crc.Write(data)
-		b.WriteString(typ)
-		b.Write(data)
-		binary.Write(&b, binary.BigEndian, crc.Sum32())
-	}
-	ihdr := make([]byte, 13)
-	binary.BigEndian.PutUint32(ihdr[0:], w)
-	binary.BigEndian.PutUint32(ihdr[4:], h)
-	ihdr[8] = 8 // bit depth
-	ihdr[9] = 2 // colour type: truecolour
-	chunk("IHDR", ihdr)
-	chunk("IEND", nil)
-	return b.Bytes()
-}
-
 // jpegHeader returns a JPEG that has only SOI, a JFIF marker (without which
 // DecodeConfig looks on for an Adobe one), a baseline SOF declaring w x h pixels
 // of three components, and EOI: enough for DecodeConfig, no pixel data.
@@ -192,7 +169,7 @@ func testdataFiles(t testing.TB) map[string][]byte {
 		"tiny.jpg":      jpg,
 		"tiny.gif":      encodeGIF(t, 6, 4, color.RGBA{255, 0, 0, 255}),
 		"tiny.webp":     checkerWebP(),
-		"huge.png":      pngHeader(100000, 100000),
+		"huge.png":      testenv.PNGHeader(100000, 100000),
 		"huge.jpg":      jpegHeader(65535, 65535), // the largest a JPEG can declare
 		"truncated.jpg": jpg[:len(jpg)/2],
 	}

@@ -6,10 +6,8 @@ import (
 	"context"
 	"database/sql"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"hash/crc32"
 	"image"
 	"image/color"
 	"image/png"
@@ -115,29 +113,8 @@ func TestClassifyDog(t *testing.T) {
 	}
 }
 
-// hugePNG returns the bytes of a PNG whose header declares w x h pixels, with a valid
-// CRC and a tiny IDAT: decoding it for real would need w*h*4 bytes.
-func hugePNG(w, h uint32) []byte {
-	var b bytes.Buffer
-	b.WriteString("\x89PNG\r\n\x1a\n")
-	chunk := func(typ string, data []byte) {
-		binary.Write(&b, binary.BigEndian, uint32(len(data)))
-		crc := crc32.NewIEEE()
-		crc.Write([]byte(typ))
-		crc.Write(data)
-		b.WriteString(typ)
-		b.Write(data)
-		binary.Write(&b, binary.BigEndian, crc.Sum32())
-	}
-	ihdr := make([]byte, 13)
-	binary.BigEndian.PutUint32(ihdr[0:], w)
-	binary.BigEndian.PutUint32(ihdr[4:], h)
-	ihdr[8], ihdr[9] = 8, 6 // 8-bit RGBA
-	chunk("IHDR", ihdr)
-	chunk("IDAT", []byte{0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01})
-	chunk("IEND", nil)
-	return b.Bytes()
-}
+// hugePNG returns a PNG whose header declares w x h pixels.
+func hugePNG(w, h uint32) []byte { return testenv.PNGHeader(w, h) }
 
 func smallPNG(t testing.TB) []byte {
 	img := image.NewRGBA(image.Rect(0, 0, 32, 24))

@@ -6,6 +6,9 @@
 package testenv
 
 import (
+	"bytes"
+	"encoding/binary"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -66,4 +69,30 @@ func ReadImage(t testing.TB, name string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// PNGHeader returns a PNG with a signature, an IHDR chunk declaring w x h 8-bit RGB
+// pixels (with a correct CRC), and IEND: enough for
+// image.DecodeConfig, with no pixel data. Decoding it for real would need w*h*4
+// bytes, which is what the pixel-limit tests rely on never happening.
+func PNGHeader(w, h uint32) []byte {
+	var b bytes.Buffer
+	b.WriteString("\x89PNG\r\n\x1a\n")
+	chunk := func(typ string, data []byte) {
+		binary.Write(&b, binary.BigEndian, uint32(len(data)))
+		crc := crc32.NewIEEE()
+		crc.Write([]byte(typ))
+		crc.Write(data)
+		b.WriteString(typ)
+		b.Write(data)
+		binary.Write(&b, binary.BigEndian, crc.Sum32())
+	}
+	ihdr := make([]byte, 13)
+	binary.BigEndian.PutUint32(ihdr[0:], w)
+	binary.BigEndian.PutUint32(ihdr[4:], h)
+	ihdr[8] = 8 // bit depth
+	ihdr[9] = 2 // colour type: truecolour
+	chunk("IHDR", ihdr)
+	chunk("IEND", nil)
+	return b.Bytes()
 }
