@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/infergate/infergate/infer"
@@ -35,6 +36,9 @@ type Pipeline struct {
 	Now        func() time.Time // nil = time.Now
 	// Observe, if set, is called with each image's transport and model time.
 	Observe func(transport string, inference time.Duration)
+
+	nameOnce sync.Once
+	name     string
 }
 
 // Request is one image to classify and the facts its log row records.
@@ -102,6 +106,12 @@ func (p *Pipeline) Run(ctx context.Context, req *Request, codeOf StatusCoder) Ou
 	return out
 }
 
+// model returns the model's name, asked of the classifier once.
+func (p *Pipeline) model() string {
+	p.nameOnce.Do(func() { p.name = p.Classifier.Info().Name })
+	return p.name
+}
+
 func (p *Pipeline) now() time.Time {
 	if p.Now != nil {
 		return p.Now()
@@ -115,7 +125,7 @@ func (p *Pipeline) row(req *Request, out *Outcome) *storage.InferenceLog {
 		APIKeyID:    req.Principal.Key.ID,
 		Transport:   req.Transport,
 		APIVersion:  req.APIVersion,
-		Model:       p.Classifier.Info().Name,
+		Model:       p.model(),
 		Status:      out.Status,
 		ImageBytes:  int64(len(req.Image)),
 		InferenceMS: round2ms(out.Inference),

@@ -59,7 +59,7 @@ func (s *Server) handleClassify(version string) http.HandlerFunc {
 			s.writeError(w, r, out.Err)
 			return
 		}
-		model := s.cls.Info().Name
+		model := s.model
 		if version == "v1" {
 			writeJSON(w, http.StatusOK, classifyResponse{Model: model, Predictions: out.Result.Predictions})
 			return

@@ -30,10 +30,10 @@ func newMetrics(queueLen func() float64, writer func() (commits, rows float64)) 
 			Name: "infergate_http_requests_total", Help: "HTTP requests by route, method and status.",
 		}, []string{"route", "method", "status"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "infergate_http_request_duration_seconds", Help: "HTTP request latency by route (streams: until the upgrade).", Buckets: latencyBuckets,
+			Name: "infergate_http_request_duration_seconds", Help: "HTTP request latency by route; for /v1/stream and SSE event streams, the life of the stream.", Buckets: latencyBuckets,
 		}, []string{"route"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "infergate_http_requests_in_flight", Help: "HTTP requests being served (open streams count until upgraded).",
+			Name: "infergate_http_requests_in_flight", Help: "HTTP requests being served, open WebSockets and event streams included.",
 		}),
 		inference: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "infergate_inference_duration_seconds", Help: "Time in the model (ONNX Runtime) per image, by transport.", Buckets: latencyBuckets,
@@ -45,7 +45,7 @@ func newMetrics(queueLen func() float64, writer func() (commits, rows float64)) 
 			Name: "infergate_stream_frames_total", Help: "Stream frames by transport and outcome (ok or error code).",
 		}, []string{"transport", "outcome"}),
 		frameTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "infergate_stream_frame_duration_seconds", Help: "Stream frame latency, read to answer sent, by transport.", Buckets: latencyBuckets,
+			Name: "infergate_stream_frame_duration_seconds", Help: "Stream frame latency, from reading the frame to its answer being ready, by transport.", Buckets: latencyBuckets,
 		}, []string{"transport"}),
 		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "infergate_streams_open", Help: "Open streams by transport (ws, sse).",

@@ -70,6 +70,7 @@ type Config struct {
 // and SSE. Create it with New, serve Handler, and call Shutdown to end its streams.
 type Server struct {
 	cls      Classifier
+	model    string // the model's name, as every answer reports it
 	db       *storage.DB
 	writer   *storage.Writer
 	log      *slog.Logger
@@ -96,6 +97,7 @@ func New(cfg Config) *Server {
 		limits:  cfg.Limits.withDefaults(),
 		now:     cfg.Now,
 	}
+	s.model = s.cls.Info().Name
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -220,7 +222,7 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(CodeUnavailable, "the database does not answer"))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "model": s.cls.Info().Name})
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "model": s.model})
 }
 
 type modelInfo struct {

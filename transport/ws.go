@@ -70,7 +70,7 @@ type errorMessage struct {
 func (s *Server) readyMessage(st *session.Stream) readyMessage {
 	l := s.registry.Limits()
 	return readyMessage{
-		Type: "ready", SessionID: st.ID, APIVersion: "v1", Model: s.cls.Info().Name,
+		Type: "ready", SessionID: st.ID, APIVersion: "v1", Model: s.model,
 		Limits: streamLimits{
 			Frames: st.Limit(), WindowMS: l.Window.Milliseconds(),
 			MaxInFlight: l.MaxInFlight, MaxMessageBytes: l.MaxMessageBytes,
@@ -85,7 +85,7 @@ func (s *Server) eventMessage(ev session.Event) any {
 	switch ev.Kind {
 	case session.KindResult:
 		return resultMessage{
-			Type: "result", ID: id, Seq: ev.Seq, Model: s.cls.Info().Name,
+			Type: "result", ID: id, Seq: ev.Seq, Model: s.model,
 			Predictions: ev.Result.Predictions,
 			InferenceMS: ms(ev.Inference), LatencyMS: ms(ev.Latency),
 		}
