@@ -50,6 +50,11 @@ func (s *Server) handleClassify(version string) http.HandlerFunc {
 			APIVersion: version,
 			Start:      s.now(),
 		}
+		if !s.takeBody() {
+			s.writeError(w, r, errBodies)
+			return
+		}
+		defer s.releaseBody()
 		s.bodyDeadline(w)
 		req.Image, req.TopK, req.Err = s.readImage(r)
 		ctx, cancel := context.WithTimeout(r.Context(), s.limits.RequestTimeout)
@@ -129,6 +134,22 @@ func (s *Server) readImage(r *http.Request) (img []byte, topK int, err error) {
 	}
 	return nil, 0, errorf(CodeUnsupportedMedia, "Content-Type %s is not supported: send application/json or image/jpeg, image/png, image/gif, image/webp", mt)
 }
+
+// errBodies answers a POST that finds MaxBodies bodies in the server already.
+var errBodies = &Error{Code: CodeOverloaded, Message: "the server is reading too many request bodies; try again shortly", RetryAfter: overloadedRetry}
+
+// takeBody reserves a place for one POST body, without waiting.
+func (s *Server) takeBody() bool {
+	select {
+	case s.bodies <- struct{}{}:
+		return true
+	default:
+		s.metrics.rejected.WithLabelValues("bodies").Inc()
+		return false
+	}
+}
+
+func (s *Server) releaseBody() { <-s.bodies }
 
 // bodyDeadline bounds the time a client may take to send its body, so that a slow
 // sender cannot hold a request open for ever.

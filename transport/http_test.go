@@ -514,3 +514,37 @@ func TestSlowBody(t *testing.T) {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
 }
+
+// TestMaxBodies holds the only body place with a client that sends its body slowly:
+// the next POST is answered overloaded at once, without its body being read.
+func TestMaxBodies(t *testing.T) {
+	e := newEnv(t, withLimits(func(l *Limits) { l.MaxBodies = 1 }))
+	conn, err := net.Dial("tcp", e.ts.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\npartial", e.key)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, body := e.do(t, "POST", "/v1/classify", e.key, "image/png", smallPNG(t))
+		if resp.StatusCode == 503 {
+			if errorOf(t, resp, body) != "overloaded" || resp.Header.Get("Retry-After") == "" {
+				t.Fatalf("%s %v", body, resp.Header)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a second body was taken while the only place was held: %d", resp.StatusCode)
+		}
+		time.Sleep(10 * time.Millisecond) // the slow request may not hold its place yet
+	}
+	conn.Close()
+	deadline = time.Now().Add(5 * time.Second)
+	for e.do2(t, "POST", "/v1/classify", e.key, "image/png", smallPNG(t)) != 200 {
+		if time.Now().After(deadline) {
+			t.Fatal("the place was not given back after the slow client left")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -37,6 +37,11 @@ type Limits struct {
 	// RequestTimeout bounds how long a POST waits for the model (default 30 s); past
 	// it the request is answered overloaded.
 	RequestTimeout time.Duration
+	// MaxBodies bounds the POST bodies (classify requests and SSE frames) being read
+	// and held at once, all clients together (default 128). One more is answered
+	// overloaded (503) at once, unread, so that many clients cannot make the server
+	// hold many large bodies: MaxBodies x MaxBodyBytes is the most they can take.
+	MaxBodies int
 	// Stream holds the limits of WebSocket and SSE sessions.
 	Stream session.Limits
 }
@@ -50,6 +55,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.RequestTimeout <= 0 {
 		l.RequestTimeout = 30 * time.Second
+	}
+	if l.MaxBodies <= 0 {
+		l.MaxBodies = 128
 	}
 	l.Stream = l.Stream.WithDefaults()
 	return l
@@ -82,6 +90,7 @@ type Server struct {
 	registry *session.Registry
 
 	sse            sseSessions
+	bodies         chan struct{} // a token per POST body being read or held
 	requestLimiter *ratelimit.Keyed[int64]
 	router         chi.Router
 }
@@ -98,6 +107,7 @@ func New(cfg Config) *Server {
 		now:     cfg.Now,
 	}
 	s.model = s.cls.Info().Name
+	s.bodies = make(chan struct{}, s.limits.MaxBodies)
 	if s.log == nil {
 		s.log = slog.Default()
 	}

@@ -251,6 +251,11 @@ func (s *Server) handleFrames(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if !s.takeBody() {
+		s.writeError(w, r, errBodies)
+		return
+	}
+	defer s.releaseBody()
 	s.bodyDeadline(w)
 	f := s.readFrame(r)
 	seq, limited, err := ss.stream.Submit(r.Context(), f)

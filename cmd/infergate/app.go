@@ -76,6 +76,7 @@ func (m *Main) Run(ctx context.Context) error {
 			MaxImageBytes:  c.maxImageBytes,
 			MaxBodyBytes:   c.maxBodyBytes,
 			RequestTimeout: c.requestTimeout,
+			MaxBodies:      c.maxBodies,
 			Stream: session.Limits{
 				MaxInFlight:     c.maxInFlight,
 				MaxMessageBytes: c.maxMessageBytes,

@@ -26,7 +26,7 @@ type config struct {
 	pingInterval, heartbeat         time.Duration
 	sessionExpiry, revocationPoll   time.Duration
 	frameTimeout                    time.Duration
-	replay, maxStreams              int
+	replay, maxStreams, maxBodies   int
 	shutdownTimeout                 time.Duration
 	logLevel, logFormat             string
 }
@@ -59,7 +59,8 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.Int64Var(&c.maxImageBytes, "max-image-bytes", 8<<20, "largest encoded image, bytes (413 image_too_large above)")
 	fs.Int64Var(&c.maxPixels, "max-pixels", 40_000_000, "largest image, pixels declared in its header, checked before decoding")
 	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", 11<<20, "largest JSON request body, bytes")
-	fs.DurationVar(&c.requestTimeout, "request-timeout", 30*time.Second, "longest a POST waits for the model")
+	fs.DurationVar(&c.requestTimeout, "request-timeout", 30*time.Second, "longest a POST may take to send its body, and to wait for the model")
+	fs.IntVar(&c.maxBodies, "max-bodies", 128, "POST bodies read or held at once, all clients (503 overloaded above, unread)")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 4, "frames of one stream being processed at once; the server stops reading past it")
 	fs.Int64Var(&c.maxMessageBytes, "max-message-bytes", 11534336, "largest stream message after auth (1009 above)")
 	fs.Int64Var(&c.maxPreAuth, "max-preauth-bytes", 4096, "largest WebSocket message before auth")
