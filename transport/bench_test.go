@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/infergate/infergate/infer"
 	"github.com/infergate/infergate/internal/testenv"
+	"github.com/infergate/infergate/session"
 	"github.com/infergate/infergate/storage"
 )
 
@@ -98,4 +100,34 @@ func reportPercentiles(b *testing.B, lat []time.Duration) {
 	}
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
+}
+
+// BenchmarkParseFrame decodes a text frame carrying dog.jpg in base64: the cost a
+// text frame pays over a binary one.
+func BenchmarkParseFrame(b *testing.B) {
+	dog := testenv.ReadImage(b, "dog.jpg")
+	msg := []byte(`{"type":"frame","id":"f-1","image":"` + b64(dog) + `","top_k":5}`)
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if f, _ := parseFrame(msg, time.Time{}); f.Err != nil {
+			b.Fatal(f.Err)
+		}
+	}
+}
+
+// BenchmarkEncodeResult encodes one result message, as every answer does.
+func BenchmarkEncodeResult(b *testing.B) {
+	s := &Server{model: "mobilenetv2-12-int8"}
+	ev := session.Event{Kind: session.KindResult, ID: json.RawMessage(`"f-1"`), Seq: 7,
+		Result: &infer.Result{Predictions: make([]infer.Prediction, 5)}, Latency: 3 * time.Millisecond}
+	for i := range ev.Result.Predictions {
+		ev.Result.Predictions[i] = infer.Prediction{Label: "malamute, malemute, Alaskan malamute", Index: 249, Confidence: 0.5749}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := json.Marshal(s.eventMessage(ev)); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -95,16 +95,20 @@ func (s *Server) readImage(r *http.Request) (img []byte, topK int, err error) {
 			return nil, 0, err
 		}
 		var req classifyRequest
-		if err := strictUnmarshal(body, &req); err != nil {
+		rest, b64, cut := splitImage(body)
+		if err := strictUnmarshal(rest, &req); err != nil {
 			return nil, 0, err
 		}
 		if req.Image == nil {
 			return nil, 0, errorf(CodeInvalidRequest, `missing field "image" (base64 of the image bytes)`)
 		}
+		if !cut {
+			b64 = []byte(*req.Image)
+		}
 		if topK, err = checkTopK(req.TopK); err != nil {
 			return nil, 0, err
 		}
-		if img, err = decodeBase64(*req.Image); err != nil {
+		if img, err = decodeBase64(b64); err != nil {
 			return nil, 0, err
 		}
 		if int64(len(img)) > s.limits.MaxImageBytes {

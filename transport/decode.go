@@ -169,23 +169,24 @@ func skipValue(b []byte, i int) int {
 
 // decodeBase64 decodes an image sent as base64: standard or URL-safe alphabet, padded
 // or not, with or without a "data:image/...;base64," prefix, line breaks allowed.
-func decodeBase64(s string) ([]byte, error) {
-	if strings.HasPrefix(s, "data:") {
-		comma := strings.IndexByte(s, ',')
-		if comma < 0 || !strings.HasSuffix(s[:comma], ";base64") {
+func decodeBase64(b []byte) ([]byte, error) {
+	if bytes.HasPrefix(b, []byte("data:")) {
+		comma := bytes.IndexByte(b, ',')
+		if comma < 0 || !bytes.HasSuffix(b[:comma], []byte(";base64")) {
 			return nil, errorf(CodeInvalidImage, "a data URL must be of the form data:image/...;base64,<data>")
 		}
-		s = s[comma+1:]
+		b = b[comma+1:]
 	}
-	s = strings.TrimRight(s, "=\r\n ")
-	if s == "" {
+	b = bytes.TrimRight(b, "=\r\n ")
+	if len(b) == 0 {
 		return nil, errorf(CodeInvalidImage, "the image is empty")
 	}
 	enc := base64.RawStdEncoding
-	if strings.ContainsAny(s, "-_") {
+	if bytes.ContainsAny(b, "-_") {
 		enc = base64.RawURLEncoding
 	}
-	b, err := enc.DecodeString(s)
+	dst := make([]byte, enc.DecodedLen(len(b)))
+	n, err := enc.Decode(dst, b)
 	if err != nil {
 		var pos base64.CorruptInputError
 		if errors.As(err, &pos) {
@@ -193,7 +194,58 @@ func decodeBase64(s string) ([]byte, error) {
 		}
 		return nil, errorf(CodeInvalidImage, "bad base64")
 	}
-	return b, nil
+	return dst[:n], nil
+}
+
+// splitImage finds the top-level "image" field of a JSON object when its value is a
+// plain string (no escapes, no control characters), as base64 always is. It returns
+// the object with that value emptied, and the value's bytes. The small rest then goes
+// through strictUnmarshal, which keeps every strictness check, while the image, often
+// hundreds of kilobytes, skips encoding/json's string scanning, which cost more than
+// decoding the image itself. ok is false when there is no such field; the caller then
+// decodes the whole object.
+func splitImage(data []byte) (rest, image []byte, ok bool) {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return data, nil, false
+	}
+	for i++; ; i++ {
+		i = skipSpace(data, i)
+		if i >= len(data) || data[i] != '"' {
+			return data, nil, false
+		}
+		end := skipString(data, i)
+		if end < 0 {
+			return data, nil, false
+		}
+		key := data[i:end]
+		i = skipSpace(data, end)
+		if i >= len(data) || data[i] != ':' {
+			return data, nil, false
+		}
+		v := skipSpace(data, i+1)
+		if string(key) == `"image"` && v < len(data) && data[v] == '"' {
+			vend := skipString(data, v)
+			if vend < 0 {
+				return data, nil, false
+			}
+			image = data[v+1 : vend-1]
+			for _, c := range image {
+				if c < 0x20 || c == '\\' {
+					return data, nil, false
+				}
+			}
+			rest = make([]byte, 0, len(data)-len(image))
+			rest = append(rest, data[:v+1]...)
+			return append(rest, data[vend-1:]...), image, true
+		}
+		if i = skipValue(data, v); i < 0 {
+			return data, nil, false
+		}
+		if i = skipSpace(data, i); i >= len(data) || data[i] != ',' {
+			return data, nil, false
+		}
+	}
 }
 
 // checkTopK validates top_k; nil (absent) means the default.

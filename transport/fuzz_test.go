@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http/httptest"
 	"testing"
@@ -61,6 +62,7 @@ func FuzzMessage(f *testing.F) {
 	}
 	now := time.Now()
 	f.Fuzz(func(t *testing.T, msg []byte) {
+		checkSplitImage(t, msg)
 		fr, ping := parseFrame(msg, now)
 		if ping {
 			if fr.Err != nil {
@@ -79,4 +81,73 @@ func FuzzMessage(f *testing.F) {
 			t.Fatalf("error %v for %q", fr.Err, msg)
 		}
 	})
+}
+
+// checkSplitImage holds splitImage to what it promises: decoding the object without
+// its image and taking the image's bytes aside gives exactly what decoding the whole
+// object strictly gives, errors included.
+func checkSplitImage(t *testing.T, msg []byte) {
+	t.Helper()
+	rest, image, ok := splitImage(msg)
+	if !ok {
+		if !bytes.Equal(rest, msg) {
+			t.Fatalf("splitImage changed %q without cutting", msg)
+		}
+		return
+	}
+	var whole, cut clientMessage
+	errWhole := strictUnmarshal(msg, &whole)
+	errCut := strictUnmarshal(rest, &cut)
+	if (errWhole == nil) != (errCut == nil) {
+		t.Fatalf("%q: whole decodes with %v, cut with %v", msg, errWhole, errCut)
+	}
+	if errWhole != nil {
+		return
+	}
+	if whole.Image == nil || *whole.Image != string(image) || cut.Image == nil || *cut.Image != "" {
+		t.Fatalf("%q: image %q, cut out %q", msg, deref(whole.Image), image)
+	}
+	whole.Image, cut.Image = nil, nil
+	a, _ := json.Marshal(whole)
+	b, _ := json.Marshal(cut)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("%q: %s != %s", msg, a, b)
+	}
+}
+
+func deref(p *string) string {
+	if p == nil {
+		return "<nil>"
+	}
+	return *p
+}
+
+func TestSplitImage(t *testing.T) {
+	cases := []struct {
+		in, rest, image string
+		ok              bool
+	}{
+		{`{"type":"frame","image":"QUJD","id":1}`, `{"type":"frame","image":"","id":1}`, "QUJD", true},
+		{` { "image" : "a+/=" } `, ` { "image" : "" } `, "a+/=", true},
+		{`{"id":{"image":"x"},"image":"QQ"}`, `{"id":{"image":"x"},"image":""}`, "QQ", true},
+		{`{"image":"a\/b"}`, "", "", false},
+		{`{"image":"a` + "\n" + `b"}`, "", "", false},
+		{"{\"image\":\"a\tb\"}", "", "", false},
+		{`{"image":42}`, "", "", false},
+		{`{"\u0069mage":"QQ"}`, "", "", false},
+		{`{"image":"QQ`, "", "", false},
+		{`["image","QQ"]`, "", "", false},
+		{`{"image":"QQ","image":"QQ"}`, `{"image":"","image":"QQ"}`, "QQ", true},
+	}
+	for _, tc := range cases {
+		rest, image, ok := splitImage([]byte(tc.in))
+		if ok != tc.ok || (ok && (string(rest) != tc.rest || string(image) != tc.image)) {
+			t.Errorf("%s: ok %v rest %s image %s", tc.in, ok, rest, image)
+		}
+		checkSplitImage(t, []byte(tc.in))
+	}
+	// The duplicate is still refused: the rest keeps both keys.
+	if f, _ := parseFrame([]byte(`{"type":"frame","image":"QQ","image":"QQ"}`), time.Time{}); f.Err == nil {
+		t.Fatal("duplicate image accepted")
+	}
 }

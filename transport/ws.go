@@ -330,9 +330,13 @@ func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream) error {
 func parseFrame(data []byte, now time.Time) (f session.Frame, ping bool) {
 	f = session.Frame{TopK: defaultTopK, Start: now}
 	var m clientMessage
-	if err := strictUnmarshal(data, &m); err != nil {
+	rest, b64, cut := splitImage(data)
+	if err := strictUnmarshal(rest, &m); err != nil {
 		f.Err = err
 		return f, false
+	}
+	if m.Image != nil && !cut {
+		b64 = []byte(*m.Image)
 	}
 	if validID(m.ID) {
 		f.ID = m.ID
@@ -353,7 +357,7 @@ func parseFrame(data []byte, now time.Time) (f session.Frame, ping bool) {
 			f.Err = errorf(CodeInvalidRequest, `missing field "image" (base64 of the image bytes)`)
 		default:
 			if f.TopK, f.Err = checkTopK(m.TopK); f.Err == nil {
-				f.Image, f.Err = decodeBase64(*m.Image)
+				f.Image, f.Err = decodeBase64(b64)
 			}
 		}
 		return f, false

@@ -660,3 +660,31 @@ func TestServerStreamCap(t *testing.T) {
 		t.Fatalf("by message auth: close %v", code)
 	}
 }
+
+// TestStreamDeadPeer: a peer that stops answering pings (this client never reads, so
+// it never sees them) is closed after the ping interval.
+func TestStreamDeadPeer(t *testing.T) {
+	e := newEnv(t, withLimits(func(l *Limits) { l.Stream.PingInterval = 150 * time.Millisecond }))
+	_, ready := e.stream(t, e.key)
+	st := waitSession(t, e, ready.SessionID)
+	if st.CloseCode == nil || *st.CloseCode != int(websocket.StatusAbnormalClosure) {
+		t.Fatalf("session of a dead peer: %+v", st)
+	}
+}
+
+// TestStreamFrameTimeout: a frame whose model run does not finish within the frame
+// timeout is answered overloaded, and the stream goes on.
+func TestStreamFrameTimeout(t *testing.T) {
+	g := newGated(t)
+	e := newEnv(t, withClassifier(g), withLimits(func(l *Limits) { l.Stream.FrameTimeout = 200 * time.Millisecond }))
+	c, _ := e.stream(t, e.key)
+	write(t, c, websocket.MessageBinary, smallPNG(t))
+	if m := read(t, c); m.Type != "error" || m.Code != "overloaded" || m.Seq != 1 {
+		t.Fatalf("%+v", m)
+	}
+	close(g.gate)
+	write(t, c, websocket.MessageBinary, smallPNG(t))
+	if m := read(t, c); m.Type != "result" || m.Seq != 2 {
+		t.Fatalf("%+v", m)
+	}
+}
