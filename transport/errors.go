@@ -32,22 +32,26 @@ const (
 // kind is one row of the error table: how a code shows on each transport.
 type kind struct {
 	status int                  // HTTP status
-	close  websocket.StatusCode // close code when the error ends a stream; 0 = the stream stays open
+	close  websocket.StatusCode // close code when an error of this kind ends a stream
 }
 
 // kinds is the one table mapping error codes to HTTP status and WebSocket close code.
+// Most errors of a stream's frames leave it open and use no close code; the close
+// code is for the errors that end one: a failed or timed-out auth (4401), a message
+// that breaks the protocol before auth (1008) or is too big (1009), too many streams
+// for the user (4429) or for the server (1013), shutting down (1001), internal (1011).
 var kinds = map[string]kind{
 	CodeUnauthorized:     {http.StatusUnauthorized, 4401},
 	CodeForbidden:        {http.StatusForbidden, 4401},
-	CodeNotFound:         {http.StatusNotFound, 0},
-	CodeMethodNotAllowed: {http.StatusMethodNotAllowed, 0},
-	CodeInvalidRequest:   {http.StatusBadRequest, 0},
-	CodeInvalidImage:     {http.StatusBadRequest, 0},
+	CodeNotFound:         {http.StatusNotFound, websocket.StatusPolicyViolation},
+	CodeMethodNotAllowed: {http.StatusMethodNotAllowed, websocket.StatusPolicyViolation},
+	CodeInvalidRequest:   {http.StatusBadRequest, websocket.StatusPolicyViolation},
+	CodeInvalidImage:     {http.StatusBadRequest, websocket.StatusPolicyViolation},
 	CodeImageTooLarge:    {http.StatusRequestEntityTooLarge, websocket.StatusMessageTooBig},
-	CodeUnsupportedMedia: {http.StatusUnsupportedMediaType, 0},
-	CodeRateLimited:      {http.StatusTooManyRequests, 0},
-	CodeOverloaded:       {http.StatusServiceUnavailable, 0},
-	CodeUnavailable:      {http.StatusServiceUnavailable, websocket.StatusTryAgainLater},
+	CodeUnsupportedMedia: {http.StatusUnsupportedMediaType, websocket.StatusUnsupportedData},
+	CodeRateLimited:      {http.StatusTooManyRequests, 4429},
+	CodeOverloaded:       {http.StatusServiceUnavailable, websocket.StatusTryAgainLater},
+	CodeUnavailable:      {http.StatusServiceUnavailable, websocket.StatusGoingAway},
 	CodeInternal:         {http.StatusInternalServerError, websocket.StatusInternalError},
 }
 
@@ -70,8 +74,13 @@ func (e *Error) Status() int {
 	return http.StatusInternalServerError
 }
 
-// CloseCode is the WebSocket close code of errors that end a stream.
-func (e *Error) CloseCode() websocket.StatusCode { return kinds[e.Code].close }
+// CloseCode is the WebSocket close code when the error ends a stream.
+func (e *Error) CloseCode() websocket.StatusCode {
+	if k, ok := kinds[e.Code]; ok {
+		return k.close
+	}
+	return websocket.StatusInternalError
+}
 
 func errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}

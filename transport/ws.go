@@ -16,12 +16,6 @@ import (
 	"github.com/infergate/infergate/storage"
 )
 
-// Close codes of the stream protocol beyond RFC 6455's.
-const (
-	closeAuthFailed     websocket.StatusCode = 4401
-	closeTooManyStreams websocket.StatusCode = 4429
-)
-
 // clientMessage is any text message a client sends on the WebSocket. The fields of all
 // types are in one struct so a message is decoded once, strictly; each type then
 // checks that it got only its own fields.
@@ -192,11 +186,9 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.P
 	lim := s.registry.Limits()
 	if p == nil {
 		conn.SetReadLimit(lim.MaxPreAuthBytes)
-		var code websocket.StatusCode
-		var reason string
-		p, code, reason = s.authMessage(conn, lim.AuthTimeout)
-		if p == nil {
-			conn.Close(code, reason)
+		var e *Error
+		if p, e = s.authMessage(conn, lim.AuthTimeout); e != nil {
+			closeWith(conn, e)
 			return
 		}
 	}
@@ -204,19 +196,12 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.P
 		Principal: p, Transport: "ws", RemoteAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
 		Sink: wsSink{s, conn}, Owned: true,
 	})
-	switch {
-	case errors.Is(err, session.ErrTooManyStreams):
-		conn.Close(closeTooManyStreams, "too many open streams for this user")
-		return
-	case errors.Is(err, session.ErrShuttingDown):
-		conn.Close(websocket.StatusGoingAway, "server shutting down")
-		return
-	case errors.Is(err, session.ErrServerFull):
-		conn.Close(websocket.StatusTryAgainLater, "server has too many open streams")
-		return
-	case err != nil:
-		s.log.Error("open stream", "err", err)
-		conn.Close(websocket.StatusInternalError, "internal error")
+	if err != nil {
+		e := toError(s.openError(p, err))
+		if e.Code == CodeInternal {
+			s.log.Error("open stream", "err", err)
+		}
+		closeWith(conn, e)
 		return
 	}
 	code := s.runStream(conn, st)
@@ -384,50 +369,60 @@ func validID(raw json.RawMessage) bool {
 	return c == '"' || c == '-' || (c >= '0' && c <= '9')
 }
 
+// closeWith closes a stream with the close code of e's kind and its message as the
+// reason, cut to fit a close frame.
+func closeWith(conn *websocket.Conn, e *Error) {
+	conn.Close(e.CloseCode(), truncateString(e.Message, maxCloseReason))
+}
+
+// maxCloseReason keeps close reasons under the 123 bytes a close frame can carry.
+const maxCloseReason = 120
+
 // authMessage reads the first message of a header-less stream, which must be an auth
-// message within timeout. It returns the principal, or the close code and reason.
-func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*storage.Principal, websocket.StatusCode, string) {
+// message within timeout. It returns the principal, or the error to close with.
+func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*storage.Principal, *Error) {
+	timedOut := errorf(CodeUnauthorized, "authentication timed out")
 	// A Read whose context ends drops the connection without a close frame, so the
 	// timeout is a timer that closes with 4401 instead, ending the Read.
-	timer := time.AfterFunc(timeout, func() { conn.Close(closeAuthFailed, "authentication timed out") })
+	timer := time.AfterFunc(timeout, func() { closeWith(conn, timedOut) })
 	defer timer.Stop()
 	ctx := context.Background()
 	typ, data, err := conn.Read(ctx)
 	if err != nil {
 		if errors.Is(err, websocket.ErrMessageTooBig) {
-			return nil, websocket.StatusMessageTooBig, "auth message too big"
+			return nil, errorf(CodeImageTooLarge, "auth message too big")
 		}
-		return nil, closeAuthFailed, "authentication timed out"
+		return nil, timedOut
 	}
 	if !timer.Stop() {
-		return nil, closeAuthFailed, "authentication timed out"
+		return nil, timedOut
 	}
 	if typ != websocket.MessageText {
-		return nil, websocket.StatusPolicyViolation, "the first message must be a text auth message"
+		return nil, errorf(CodeInvalidRequest, "the first message must be a text auth message")
 	}
 	var m clientMessage
 	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, websocket.StatusPolicyViolation, "the first message is not JSON"
+		return nil, errorf(CodeInvalidRequest, "the first message is not JSON")
 	}
 	switch m.Type {
 	case "auth":
 	case "frame", "ping":
-		return nil, closeAuthFailed, "authenticate first: send {\"type\":\"auth\",\"api_key\":...}"
+		return nil, errorf(CodeUnauthorized, `authenticate first: send {"type":"auth","api_key":...}`)
 	default:
-		return nil, websocket.StatusPolicyViolation, "unknown message type before auth"
+		return nil, errorf(CodeInvalidRequest, "unknown message type before auth")
 	}
 	if m.APIKey == nil || *m.APIKey == "" {
-		return nil, closeAuthFailed, "missing api_key"
+		return nil, errorf(CodeUnauthorized, "missing api_key")
 	}
 	p, err := s.authenticate(ctx, *m.APIKey)
 	if err != nil {
-		if toError(err).Code != CodeUnauthorized {
+		e := toError(err)
+		if e.Code == CodeInternal {
 			s.log.Error("stream auth", "err", err)
-			return nil, websocket.StatusInternalError, "internal error"
 		}
-		return nil, closeAuthFailed, "unknown or revoked API key"
+		return nil, e
 	}
-	return p, 0, ""
+	return p, nil
 }
 
 // keepalive pings the peer every PingInterval; a peer that does not answer within
