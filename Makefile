@@ -6,7 +6,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 5s
 export CGO_ENABLED := 1
 
-.PHONY: all setup run build test test-go test-fuzz test-python test-browser test-deps fmt lint check-tidy bench clean
+.PHONY: all setup run build test test-setup test-go test-fuzz test-python test-browser test-deps fmt lint check-tidy bench clean
 
 all: build
 
@@ -22,7 +22,7 @@ build:
 	$(GO) build -o bin/infergate ./cmd/infergate
 
 ## test: the whole suite (Go with -race, fuzzing, the Python client, the browser page)
-test: setup test-deps check-tidy lint test-go test-fuzz test-python test-browser
+test: setup test-deps test-setup check-tidy lint test-go test-fuzz test-python test-browser
 
 ## test-deps: install what the Python and browser tests need (Debian packages, npm)
 test-deps:
@@ -36,6 +36,10 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzTurboDecode$$' -fuzztime $(FUZZTIME) ./infer/jpegturbo
 	$(GO) test -run '^$$' -fuzz '^FuzzClassifyBody$$' -fuzztime $(FUZZTIME) ./transport
 	$(GO) test -run '^$$' -fuzz '^FuzzMessage$$' -fuzztime $(FUZZTIME) ./transport
+
+## test-setup: the set-up refuses a model whose SHA-256 does not match
+test-setup:
+	@bash scripts/test-setup.sh
 
 test-python:
 	@bash clients/python/run_tests.sh
