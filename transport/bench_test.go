@@ -110,7 +110,7 @@ func BenchmarkParseFrame(b *testing.B) {
 	b.SetBytes(int64(len(msg)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if f, _ := parseFrame(msg, time.Time{}); f.Err != nil {
+		if f, _ := parseFrame(msg, time.Time{}, false); f.Err != nil {
 			b.Fatal(f.Err)
 		}
 	}

@@ -63,7 +63,7 @@ func FuzzMessage(f *testing.F) {
 	now := time.Now()
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		checkSplitImage(t, msg)
-		fr, ping := parseFrame(msg, now)
+		fr, ping := parseFrame(msg, now, false)
 		if ping {
 			if fr.Err != nil {
 				t.Fatalf("a ping with an error: %v", fr.Err)
@@ -147,7 +147,7 @@ func TestSplitImage(t *testing.T) {
 		checkSplitImage(t, []byte(tc.in))
 	}
 	// The duplicate is still refused: the rest keeps both keys.
-	if f, _ := parseFrame([]byte(`{"type":"frame","image":"QQ","image":"QQ"}`), time.Time{}); f.Err == nil {
+	if f, _ := parseFrame([]byte(`{"type":"frame","image":"QQ","image":"QQ"}`), time.Time{}, false); f.Err == nil {
 		t.Fatal("duplicate image accepted")
 	}
 }

@@ -309,10 +309,7 @@ func (s *Server) readFrame(r *http.Request) session.Frame {
 		if err != nil {
 			return session.Frame{Err: err, Start: now}
 		}
-		if t := frameType(body); t == "" {
-			body = withFrameType(body)
-		}
-		f, ping := parseFrame(body, now)
+		f, ping := parseFrame(body, now, true)
 		if ping {
 			f.Err = errorf(CodeInvalidRequest, "ping is for the WebSocket; the event stream has heartbeats")
 		}
@@ -320,30 +317,6 @@ func (s *Server) readFrame(r *http.Request) session.Frame {
 	}
 	img, topK, err := s.readImage(r)
 	return session.Frame{Image: img, TopK: topK, Err: err, Start: now}
-}
-
-// frameType returns the "type" of a JSON frame body, or "" if it has none.
-func frameType(body []byte) string {
-	var m struct {
-		Type string `json:"type"`
-	}
-	json.Unmarshal(body, &m)
-	return m.Type
-}
-
-// withFrameType adds "type":"frame" to a JSON object that lacks it.
-func withFrameType(body []byte) []byte {
-	i := skipSpace(body, 0)
-	if i >= len(body) || body[i] != '{' {
-		return body
-	}
-	rest := skipSpace(body, i+1)
-	out := make([]byte, 0, len(body)+16)
-	out = append(out, `{"type":"frame"`...)
-	if rest < len(body) && body[rest] != '}' {
-		out = append(out, ',')
-	}
-	return append(out, body[i+1:]...)
 }
 
 // handleDeleteSession serves DELETE /v1/sessions/{id}: the session answers what it

@@ -317,3 +317,43 @@ func TestSSERevocationAndShutdown(t *testing.T) {
 		t.Fatalf("after shutdown: %+v", ev)
 	}
 }
+
+// TestSSEFrameErrors: every frame that reaches a session gets a seq, its error at once
+// on the POST, and the same error on the event stream, in order.
+func TestSSEFrameErrors(t *testing.T) {
+	e := newEnv(t, withLimits(func(l *Limits) { l.Stream.MaxMessageBytes = 4 << 10 }))
+	key := e.newKey(t, "sse-err@test", storage.Limits{FramesPerSecond: 100})
+	s := e.openSession(t, key)
+	ch, _, _ := e.events(t, s.EventsURL)
+	next(t, ch)
+	cases := []struct {
+		name, ct string
+		body     []byte
+		status   int
+		code     string
+	}{
+		{"json over max_message_bytes", "application/json", []byte(`{"image":"` + strings.Repeat("A", 5000) + `"}`), 413, "image_too_large"},
+		{"unsupported type", "text/plain", []byte("hello"), 415, "unsupported_media_type"},
+		{"ping", "application/json", []byte(`{"type":"ping"}`), 400, "invalid_request"},
+		{"auth", "application/json", []byte(`{"type":"auth","api_key":"x"}`), 400, "invalid_request"},
+		{"malformed", "application/json", []byte(`{"image":`), 400, "invalid_request"},
+		{"no type is a frame", "application/json", []byte(`{"image":"` + b64(smallPNG(t)) + `","id":"ok"}`), 202, ""},
+	}
+	for i, tc := range cases {
+		resp, body := e.do(t, "POST", s.FramesURL, "", tc.ct, tc.body, "X-Session-Token", s.Token)
+		if resp.StatusCode != tc.status || resp.Header.Get("X-Frame-Seq") != strconv.Itoa(i+1) {
+			t.Fatalf("%s: %d %s", tc.name, resp.StatusCode, body)
+		}
+		if tc.code != "" && (errorOf(t, resp, body) != tc.code || !strings.Contains(string(body), `"seq":`+strconv.Itoa(i+1))) {
+			t.Fatalf("%s: %s", tc.name, body)
+		}
+		ev := next(t, ch)
+		if ev.id != strconv.Itoa(i+1) || ev.data.Code != tc.code {
+			t.Fatalf("%s: event %+v", tc.name, ev)
+		}
+	}
+	// A WebSocket message must name its type.
+	if f, _ := parseFrame([]byte(`{"image":"QQ"}`), time.Time{}, false); f.Err == nil || !strings.Contains(f.Err.Error(), "type") {
+		t.Fatalf("WebSocket message without a type: %v", f.Err)
+	}
+}

@@ -298,7 +298,7 @@ func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream) error {
 			}
 			continue
 		}
-		f, ping := parseFrame(data, now)
+		f, ping := parseFrame(data, now, false)
 		if ping {
 			err = st.Ping(st.Context())
 		} else {
@@ -312,7 +312,9 @@ func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream) error {
 
 // parseFrame decodes a text message after authentication. Malformed messages become
 // frames that carry their error, so they are answered in order and the stream goes on.
-func parseFrame(data []byte, now time.Time) (f session.Frame, ping bool) {
+//
+// A posted SSE frame may leave "type" out (typeOptional); a WebSocket message may not.
+func parseFrame(data []byte, now time.Time, typeOptional bool) (f session.Frame, ping bool) {
 	f = session.Frame{TopK: defaultTopK, Start: now}
 	var m clientMessage
 	rest, b64, cut := splitImage(data)
@@ -325,6 +327,9 @@ func parseFrame(data []byte, now time.Time) (f session.Frame, ping bool) {
 	}
 	if validID(m.ID) {
 		f.ID = m.ID
+	}
+	if m.Type == "" && typeOptional {
+		m.Type = "frame"
 	}
 	switch m.Type {
 	case "ping":

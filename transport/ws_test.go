@@ -126,7 +126,6 @@ func TestStreamOrderAndIDs(t *testing.T) {
 		kind string // dog, kite, bad
 	}
 	var frames []sent
-	go func() {}()
 	for i := 0; i < 24; i++ {
 		switch i % 6 {
 		case 0:
