@@ -7,7 +7,6 @@ import (
 	"image"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -15,10 +14,12 @@ import (
 type Options struct {
 	// Name is the model name reported to clients, such as "mobilenetv2-12-int8".
 	Name string
-	// QueueSize is how many jobs may wait for a worker; when the queue is full,
-	// Classify fails at once with ErrOverloaded. A longer queue absorbs longer
-	// bursts but lets the latency of a queued job grow to QueueSize/throughput; a
-	// shorter one sheds load sooner. Zero means 64.
+	// QueueSize is how many jobs may wait for a worker, all owners together (see
+	// WithOwner); when the queue is full, Classify fails at once with ErrOverloaded,
+	// or, when another owner has at least two more jobs waiting than the caller's,
+	// that owner's newest job does. A longer queue absorbs longer bursts but lets the
+	// latency of a queued job grow to QueueSize/throughput; a shorter one sheds load
+	// sooner. Zero means 64.
 	QueueSize int
 	// MaxBatch is how many queued jobs a worker may run through the model at once,
 	// when the model's batch dimension is dynamic. A worker never waits to fill a
@@ -69,8 +70,8 @@ type Result struct {
 }
 
 // Classifier classifies encoded images with a pool of model sessions: a bounded
-// queue feeds one worker goroutine per Backend. Its methods are safe for concurrent
-// use.
+// queue, shared fairly between owners (see WithOwner), feeds one worker goroutine
+// per Backend. Its methods are safe for concurrent use.
 type Classifier struct {
 	backends []Backend
 	labels   []string
@@ -80,9 +81,7 @@ type Classifier struct {
 	size     int         // floats per image in the input tensor
 	jpeg     *scaledJPEG // Options.DecodeJPEG, or nil
 
-	mu     sync.RWMutex // guards closed, and sending on queue against its closing
-	closed bool
-	queue  chan *job
+	queue *fairQueue
 
 	workers   sync.WaitGroup
 	closeOnce sync.Once
@@ -92,12 +91,17 @@ type Classifier struct {
 // job is one Classify call on its way through the queue.
 type job struct {
 	ctx   context.Context
+	owner string
 	image []byte
 	topK  int
 	start time.Time
 
-	state atomic.Int32  // jobQueued, then jobTaken by a worker or jobCanceled by the caller
-	done  chan struct{} // closed by the worker once res and err are set
+	// state is jobQueued, then jobTaken by a worker, or jobCanceled by the caller
+	// or by the queue making room. flow is the owner's flow while the job waits.
+	// Both are guarded by the queue's mutex.
+	state int
+	flow  *flow
+	done  chan struct{} // closed once res and err are set
 	res   *Result
 	err   error
 
@@ -178,7 +182,7 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 		opt:      opt,
 		maxBatch: 1,
 		size:     3 * info.Width * info.Height,
-		queue:    make(chan *job, opt.QueueSize),
+		queue:    newFairQueue(opt.QueueSize),
 	}
 	if opt.DecodeJPEG != nil {
 		minW, minH := opt.Preprocess.minSource(info.Width, info.Height)
@@ -208,14 +212,15 @@ func (c *Classifier) Info() ModelInfo {
 func (c *Classifier) Labels() []string { return slices.Clone(c.labels) }
 
 // QueueLen returns the number of jobs waiting for a worker.
-func (c *Classifier) QueueLen() int { return len(c.queue) }
+func (c *Classifier) QueueLen() int { return c.queue.len() }
 
 // Classify decodes, preprocesses and classifies one encoded image, and returns its
 // topK classes (0 means 5; more than the class count means all).
 //
 // The work happens in a worker, so the memory spent decoding is bounded by the
-// number of workers. When the queue is full Classify returns ErrOverloaded at once,
-// and after Close it returns ErrClosed. If ctx ends while the job waits in the
+// number of workers. The job counts as ctx's owner's (see WithOwner). When the
+// queue is full Classify returns ErrOverloaded, at once or when the queue makes room
+// for an owner with fewer jobs waiting; after Close it returns ErrClosed. If ctx ends while the job waits in the
 // queue, Classify returns ctx.Err() and the job is skipped; if it ends while a
 // worker runs the job, Classify waits for that run (one batch) and returns
 // ctx.Err(). Either way the classifier no longer reads image once Classify has
@@ -231,29 +236,28 @@ func (c *Classifier) Classify(ctx context.Context, image []byte, topK int) (*Res
 		// Refused here too, so that it takes no place in the queue.
 		return nil, fmt.Errorf("%w: image is %d bytes, limit is %d", ErrTooLarge, len(image), c.opt.Limits.MaxBytes)
 	}
-	j := &job{ctx: ctx, image: image, topK: topK, start: time.Now(), done: make(chan struct{})}
+	j := &job{ctx: ctx, owner: ownerOf(ctx), image: image, topK: topK, start: time.Now(), done: make(chan struct{})}
 
-	c.mu.RLock()
-	if c.closed {
-		c.mu.RUnlock()
-		return nil, ErrClosed
+	evicted, queued, closed := c.queue.push(j)
+	if evicted != nil {
+		evicted.finish(nil, ErrOverloaded)
 	}
-	select {
-	case c.queue <- j:
-	default:
-		c.mu.RUnlock()
+	switch {
+	case closed:
+		return nil, ErrClosed
+	case !queued:
 		return nil, ErrOverloaded
 	}
-	c.mu.RUnlock()
 
 	select {
 	case <-j.done:
 		return j.res, j.err
 	case <-ctx.Done():
-		if j.state.CompareAndSwap(jobQueued, jobCanceled) {
+		if c.queue.cancel(j) {
 			return nil, ctx.Err()
 		}
-		// A worker has the job and may be reading image: wait for it.
+		// A worker has the job and may be reading image, or the queue is
+		// answering it: wait for that.
 		<-j.done
 		return nil, ctx.Err()
 	}
@@ -264,10 +268,7 @@ func (c *Classifier) Classify(ctx context.Context, image []byte, topK int) (*Res
 // backends' errors. Close is idempotent; later calls return the same error.
 func (c *Classifier) Close() error {
 	c.closeOnce.Do(func() {
-		c.mu.Lock()
-		c.closed = true
-		close(c.queue)
-		c.mu.Unlock()
+		c.queue.close()
 		c.workers.Wait()
 		var errs []error
 		for i, b := range c.backends {
@@ -298,19 +299,12 @@ func (c *Classifier) work(b Backend) {
 		batch:   make([]*job, 0, c.maxBatch),
 		ready:   make([]*job, 0, c.maxBatch),
 	}
-	for j := range c.queue {
-		w.batch = append(w.batch[:0], j)
-	fill:
-		for len(w.batch) < c.maxBatch {
-			select {
-			case j, ok := <-c.queue:
-				if !ok {
-					break fill
-				}
-				w.batch = append(w.batch, j)
-			default:
-				break fill
-			}
+	for {
+		// take never waits to fill a batch: it takes what is queued, up to the
+		// batch size, so batching only happens under load.
+		w.batch = c.queue.take(w.batch[:0], c.maxBatch)
+		if len(w.batch) == 0 {
+			return // closed and drained
 		}
 		c.process(w)
 		clear(w.batch)
@@ -332,11 +326,6 @@ func (c *Classifier) process(w *worker) {
 	taken := time.Now()
 	w.ready = w.ready[:0]
 	for _, j := range w.batch {
-		if !j.state.CompareAndSwap(jobQueued, jobTaken) {
-			// The caller gave up while the job was queued.
-			j.finish(nil, j.ctx.Err())
-			continue
-		}
 		if err := j.ctx.Err(); err != nil {
 			j.finish(nil, err)
 			continue

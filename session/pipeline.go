@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"sync"
 	"time"
 
@@ -82,7 +83,9 @@ func (p *Pipeline) Run(ctx context.Context, req *Request, codeOf StatusCoder) Ou
 	if req.Err != nil {
 		out.Err = req.Err
 	} else {
-		res, err := p.Classifier.Classify(ctx, req.Image, req.TopK)
+		// The model's workers are shared fairly between users.
+		owner := strconv.FormatInt(req.Principal.User.ID, 10)
+		res, err := p.Classifier.Classify(infer.WithOwner(ctx, owner), req.Image, req.TopK)
 		out.Result, out.Err = res, err
 		if res != nil {
 			out.Inference = time.Duration(res.InferenceMS * float64(time.Millisecond))
