@@ -1,0 +1,93 @@
+package transport
+
+import (
+	"bytes"
+	"image"
+	"image/color"
+	"image/png"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/infergate/infergate/internal/testenv"
+	"github.com/infergate/infergate/storage"
+)
+
+// slowPNG is a valid, smooth PNG of w x h pixels: small to send, slow to decode
+// and shrink.
+func slowPNG(t *testing.T, w, h int) []byte {
+	t.Helper()
+	m := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			m.SetNRGBA(x, y, color.NRGBA{uint8(x), uint8(y), uint8(x + y), 255})
+		}
+	}
+	var b bytes.Buffer
+	if err := png.Encode(&b, m); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// TestFairSharing checks that one user's backlog of slow images does not make
+// another user's request wait behind all of it: with the workers busy and the
+// greedy user's jobs queued, the other user's request is served within a turn.
+func TestFairSharing(t *testing.T) {
+	e := newEnv(t)
+	greedy := e.newKey(t, "greedy@test", storage.Limits{RequestsPerMinute: 1000})
+	img := slowPNG(t, 1200, 1000)
+	dog := testenv.ReadImage(t, "dog.jpg")
+
+	var (
+		mu    sync.Mutex // guards order
+		order []string
+		wg    sync.WaitGroup
+	)
+	post := func(who, key string, body []byte, contentType string) {
+		defer wg.Done()
+		resp, b := e.do(t, "POST", "/v1/classify", key, contentType, body)
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: %d %s", who, resp.StatusCode, b)
+		}
+		mu.Lock()
+		order = append(order, who)
+		mu.Unlock()
+	}
+	const n = 10
+	for range n {
+		wg.Add(1)
+		go post("greedy", greedy, img, "image/png")
+	}
+	// Two run, the rest wait.
+	awaitCond(t, func() bool { return e.srv.cls.QueueLen() >= n-2 })
+	wg.Add(1)
+	go post("light", e.key, dog, "image/jpeg")
+	wg.Wait()
+
+	// Served round robin: at most one more of greedy's jobs after the two running
+	// ones, then light's; allow one more for the order in which answers are
+	// written. First come, first served would put light last.
+	rank := -1
+	for i, who := range order {
+		if who == "light" {
+			rank = i
+		}
+	}
+	if rank < 0 || rank > 4 {
+		t.Errorf("light's request was answered %d of %d (order %v); want it among the first 5", rank+1, len(order), order)
+	}
+}
+
+// awaitCond polls cond until it holds, or fails the test after 10 s.
+func awaitCond(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
