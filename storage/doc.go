@@ -7,14 +7,20 @@
 // the server and the CLI (infergate keys revoke while serving) can use the
 // same file at once. Every connection of every pool is opened with
 // journal_mode=WAL, busy_timeout=5000, foreign_keys=ON and
-// synchronous=NORMAL, set in the DSN (see DSN) and read back when the
+// synchronous=FULL, set in the DSN (see DSN) and read back when the
 // connection opens; a connection whose pragmas differ is an error, not a
-// silent downgrade. Transactions start with BEGIN IMMEDIATE: they take the
-// write lock first, waiting up to the busy timeout for another process,
-// rather than failing when a read turns into a write.
+// silent downgrade. FULL makes a commit fsync the WAL before it returns, so
+// what was committed survives a power cut (with NORMAL, the last commits
+// could be lost); the group commit of the Writer is what keeps its cost
+// low, one fsync per batch of rows.
 //
-// DB.Bun is a pool for reads. This package's own writes go through a second
-// pool of one connection, so that writers of one process queue in Go and
+// DB.Bun is a pool of read-only connections (query_only, deferred
+// transactions): key lookups, usage and the revocation poll read through
+// it and never queue behind a write, of this process or another. This
+// package's writes go through a second pool of one connection, whose
+// transactions start with BEGIN IMMEDIATE: they take the write lock first,
+// waiting up to the busy timeout for another process, rather than failing
+// when a read turns into a write. So writers of one process queue in Go and
 // only writers of different processes meet on the SQLite lock.
 //
 // Migrations are numbered and append-only. Open applies the missing ones in
@@ -40,6 +46,13 @@
 // hashes the presented key and looks the hash up. Revoking a key, or
 // disabling its user, takes effect at the next Authenticate; Invalid lets
 // the server find its open streams that must close.
+//
+// Authenticate writes nothing: it notes the use of the key in memory, and
+// FlushLastUsed stores the latest use of every key in last_used_at, run by
+// the Writer's goroutine once a minute (WriterOptions.LastUsedEvery), at
+// once when 10,000 keys wait, and at Close. That set is the only map this
+// package keeps; it never holds more than 10,000 keys (a use that finds it
+// full is not recorded until the next flush empties it).
 //
 // # Inference logs
 //

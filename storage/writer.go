@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -26,6 +27,13 @@ type WriterOptions struct {
 	// ends: that is the backpressure the server passes on to clients. A
 	// larger queue absorbs longer bursts at the cost of memory and latency.
 	QueueSize int
+	// LastUsedEvery is how often the writer goroutine stores the key uses
+	// that Authenticate recorded (DB.FlushLastUsed; 0 means 1 minute). A
+	// shorter period keeps api_keys.last_used_at closer to now at the cost
+	// of one small transaction per period; a longer one loses more of it
+	// when the process dies. It is also flushed when many keys wait, and at
+	// Close.
+	LastUsedEvery time.Duration
 	// Logger receives commit failures (nil means slog.Default()).
 	Logger *slog.Logger
 }
@@ -37,6 +45,7 @@ type WriterStats struct {
 	Failed    int64 // rows whose write failed
 	LastBatch int   // rows in the last committed transaction
 	Queued    int   // rows waiting for the writer now
+
 }
 
 // Writer writes inference_logs rows from one goroutine with group commit:
@@ -45,15 +54,16 @@ type WriterStats struct {
 // arrived meanwhile, with no timer: an idle server commits a lone row at
 // once. Its methods are safe for concurrent use.
 type Writer struct {
-	db     *DB
-	max    int
-	log    *slog.Logger
-	queue  chan *writeReq
-	stop   chan struct{} // closed by Close: stop accepting
-	done   chan struct{} // closed when run returns
-	once   sync.Once
-	mu     sync.RWMutex // guards closed; Write holds it shared while it hands a row over
-	closed bool
+	db       *DB
+	max      int
+	lastUsed time.Duration
+	log      *slog.Logger
+	queue    chan *writeReq
+	stop     chan struct{} // closed by Close: stop accepting
+	done     chan struct{} // closed when run returns
+	once     sync.Once
+	mu       sync.RWMutex // guards closed; Write holds it shared while it hands a row over
+	closed   bool
 
 	commits, rows, failed, last atomic.Int64
 }
@@ -72,16 +82,20 @@ func NewWriter(db *DB, opt WriterOptions) *Writer {
 	if opt.QueueSize <= 0 {
 		opt.QueueSize = 4096
 	}
+	if opt.LastUsedEvery <= 0 {
+		opt.LastUsedEvery = time.Minute
+	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
 	w := &Writer{
-		db:    db,
-		max:   opt.MaxBatch,
-		log:   opt.Logger,
-		queue: make(chan *writeReq, opt.QueueSize),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		db:       db,
+		max:      opt.MaxBatch,
+		lastUsed: opt.LastUsedEvery,
+		log:      opt.Logger,
+		queue:    make(chan *writeReq, opt.QueueSize),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	go w.run()
 	return w
@@ -129,7 +143,8 @@ func (w *Writer) Write(ctx context.Context, row *InferenceLog) error {
 }
 
 // Close stops accepting rows (Write then returns ErrClosed), commits every
-// row already queued, and stops the writer goroutine. It returns ctx.Err()
+// row already queued, stores the key uses not yet flushed, and stops the
+// writer goroutine. It returns ctx.Err()
 // if ctx ends first; the goroutine still finishes the queue. Close is
 // idempotent and safe to call concurrently.
 func (w *Writer) Close(ctx context.Context) error {
@@ -161,14 +176,29 @@ func (w *Writer) Stats() WriterStats {
 
 // run is the writer goroutine: take one row (waiting), then whatever else is
 // queued up to the batch size, commit, answer, repeat until the queue is
-// closed and empty.
+// closed and empty. Between batches it stores the uses of keys, every
+// LastUsedEvery or when many keys wait: a small transaction that, like the
+// log rows, goes through the one write connection.
 func (w *Writer) run() {
 	defer close(w.done)
+	tick := time.NewTicker(w.lastUsed)
+	defer tick.Stop()
 	batch := make([]*writeReq, 0, w.max)
 	for {
-		req, ok := <-w.queue
-		if !ok {
-			return
+		var req *writeReq
+		select {
+		case r, ok := <-w.queue:
+			if !ok {
+				w.flushLastUsed()
+				return
+			}
+			req = r
+		case <-tick.C:
+			w.flushLastUsed()
+			continue
+		case <-w.db.lastUsed.full:
+			w.flushLastUsed()
+			continue
 		}
 		batch = append(batch[:0], req)
 	fill:
@@ -185,6 +215,14 @@ func (w *Writer) run() {
 		}
 		w.commit(batch)
 		clear(batch) // drop references to answered rows
+	}
+}
+
+func (w *Writer) flushLastUsed() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*BusyTimeout)
+	defer cancel()
+	if err := w.db.FlushLastUsed(ctx); err != nil {
+		w.log.Warn("storage: store the last use of keys", "err", err)
 	}
 }
 

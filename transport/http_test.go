@@ -440,6 +440,51 @@ func TestLogRowCommittedBeforeResponse(t *testing.T) {
 	}
 }
 
+// TestKeyLookupBesideWriteLock holds the database's write lock from another
+// connection, as TestLogRowCommittedBeforeResponse does: a key that was never
+// used (whose last use must be stored) still authenticates, an unknown key is
+// still refused, and usage is still read, each long before the busy timeout
+// that a write on the request path would wait for.
+func TestKeyLookupBesideWriteLock(t *testing.T) {
+	e := newEnv(t)
+	raw, err := sql.Open("sqlite3", "file:"+e.dbPath+"?_busy_timeout=10000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	ctx := context.Background()
+	conn, err := raw.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.ExecContext(ctx, "ROLLBACK")
+	unknown, err := storage.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, key string
+		status    int
+	}{
+		{"usage with a key never used", e.key, 200},
+		{"unknown key", unknown, 401},
+		{"usage again", e.key, 200},
+	} {
+		start := time.Now()
+		resp, body := e.do(t, "GET", "/v1/usage", tc.key, "", nil)
+		if resp.StatusCode != tc.status {
+			t.Fatalf("%s: %d %s", tc.name, resp.StatusCode, body)
+		}
+		if d := time.Since(start); d >= storage.BusyTimeout {
+			t.Fatalf("%s: answered after %v, as late as a write waiting for the lock", tc.name, d)
+		}
+	}
+}
+
 func TestPublicRoutes(t *testing.T) {
 	e := newEnv(t)
 	e.do2(t, "POST", "/v1/classify", e.key, "image/png", smallPNG(t))
