@@ -181,8 +181,25 @@ func TestWriterGroupCommit(t *testing.T) {
 		}
 	}
 	// The stalled row, then 100 + 100.
-	if st := e.w.Stats(); st.Commits != 3 || st.Rows != 201 || st.LastBatch != 100 {
+	st := e.w.Stats()
+	if st.Commits != 3 || st.Rows != 201 || st.LastBatch != 100 || st.Queued != 0 || st.Failed != 0 {
 		t.Errorf("stats %+v, want 201 rows in 3 commits", st)
+	}
+	// The histograms saw the same: one batch of 1 (bucket le=1) and two of
+	// 100 (bucket le=128, not le=64), each commit timed.
+	b := st.Batches
+	at := func(h Histogram, bound float64) uint64 {
+		i := slices.Index(h.Bounds, bound)
+		if i < 0 {
+			t.Fatalf("no bucket %v in %v", bound, h.Bounds)
+		}
+		return h.Counts[i]
+	}
+	if b.Count != 3 || b.Sum != 201 || at(b, 1) != 1 || at(b, 64) != 1 || at(b, 128) != 3 || b.Counts[len(b.Counts)-1] != 3 {
+		t.Errorf("batch histogram %+v", b)
+	}
+	if c := st.CommitSeconds; c.Count != 3 || c.Sum <= 0 || c.Counts[len(c.Counts)-1] > 3 {
+		t.Errorf("commit time histogram %+v", c)
 	}
 }
 

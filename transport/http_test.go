@@ -485,6 +485,57 @@ func TestKeyLookupBesideWriteLock(t *testing.T) {
 	}
 }
 
+// TestWriterMetrics scrapes the log writer's metrics from the real router
+// after a committed row and a failed one.
+func TestWriterMetrics(t *testing.T) {
+	e := newEnv(t)
+	if code := e.do2(t, "POST", "/v1/classify", e.key, "image/png", smallPNG(t)); code != 200 {
+		t.Fatalf("classify: %d", code)
+	}
+	// A row the database refuses (its session does not exist) fails alone.
+	p, err := e.db.Authenticate(context.Background(), e.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := "no-such-session"
+	bad := &storage.InferenceLog{UserID: p.User.ID, APIKeyID: p.Key.ID, SessionID: &missing, Transport: storage.TransportWS,
+		APIVersion: "v1", Model: "m", Status: 200}
+	if err := e.writer.Write(context.Background(), bad); err == nil {
+		t.Fatal("a row of an unknown session was committed")
+	}
+	resp, body := e.do(t, "GET", "/metrics", "", "", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("/metrics: %d", resp.StatusCode)
+	}
+	lines := map[string]bool{}
+	for _, l := range strings.Split(string(body), "\n") {
+		lines[l] = true
+	}
+	for _, want := range []string{
+		"# TYPE infergate_log_rows_queued gauge",
+		"infergate_log_rows_queued 0",
+		"# TYPE infergate_log_rows_failed_total counter",
+		"infergate_log_rows_failed_total 1",
+		"infergate_log_commits_total 1",
+		"infergate_log_rows_total 1",
+		"# TYPE infergate_log_batch_rows histogram",
+		`infergate_log_batch_rows_bucket{le="1"} 1`,
+		`infergate_log_batch_rows_bucket{le="+Inf"} 1`,
+		"infergate_log_batch_rows_sum 1",
+		"infergate_log_batch_rows_count 1",
+		"# TYPE infergate_log_commit_duration_seconds histogram",
+		`infergate_log_commit_duration_seconds_bucket{le="+Inf"} 1`,
+		"infergate_log_commit_duration_seconds_count 1",
+	} {
+		if !lines[want] {
+			t.Errorf("/metrics lacks the line %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", body)
+	}
+}
+
 func TestPublicRoutes(t *testing.T) {
 	e := newEnv(t)
 	e.do2(t, "POST", "/v1/classify", e.key, "image/png", smallPNG(t))
