@@ -40,6 +40,10 @@ type Main struct {
 	closeErr   error
 }
 
+// closeAbandoned is the close code of the sessions a crashed process left open:
+// 1006, the WebSocket code for a connection that ended without a close frame.
+const closeAbandoned = 1006
+
 // NewMain returns a Main for cfg; Run starts it.
 func NewMain(cfg config, stdout, stderr io.Writer) *Main {
 	return &Main{cfg: cfg, stdout: stdout, stderr: stderr}
@@ -62,6 +66,13 @@ func (m *Main) Run(ctx context.Context) error {
 	m.Writer = storage.NewWriter(m.DB, storage.WriterOptions{Logger: m.log})
 	if err := m.ensureDemoUser(ctx); err != nil {
 		return err
+	}
+	// One process serves a SQLite database, so a session still open now was left
+	// so by a previous run that died; the CLI never does this.
+	if n, err := m.DB.EndAbandonedSessions(ctx, closeAbandoned); err != nil {
+		return err
+	} else if n > 0 {
+		m.log.Warn("ended the sessions a previous run left open", "sessions", n, "close_code", closeAbandoned)
 	}
 	if m.Classifier, err = m.loadModel(); err != nil {
 		return err
@@ -182,7 +193,8 @@ func (m *Main) ensureDemoUser(ctx context.Context) error {
 
 // Close shuts down in order, each step bounded by the shutdown timeout: stop
 // accepting, end streams after answering their frames in flight (1001), wait for
-// requests, flush the log writer, close the database and the model. Idempotent.
+// requests, close the model, flush the log writer, close the database.
+// Idempotent.
 func (m *Main) Close() error {
 	m.closeOnce.Do(func() { m.closeErr = m.close() })
 	return m.closeErr

@@ -20,6 +20,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/infergate/infergate/internal/testenv"
+	"github.com/infergate/infergate/storage"
 )
 
 // binary builds the real infergate once per test run.
@@ -47,6 +48,11 @@ func startServer(t *testing.T, bin string, env ...string) *server {
 	t.Helper()
 	dir := t.TempDir()
 	db := filepath.Join(dir, "data", "infergate.db")
+	for _, kv := range env { // a database of the test's own
+		if v, ok := strings.CutPrefix(kv, "INFERGATE_DB="); ok {
+			db = v
+		}
+	}
 	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--revocation-poll", "200ms")
 	cmd.Env = append(os.Environ(),
 		"INFERGATE_DB="+db,
@@ -272,4 +278,86 @@ func TestEnvNames(t *testing.T) {
 			t.Errorf("no flag for %s", want)
 		}
 	}
+}
+
+func sessionRow(t *testing.T, path, id string) *storage.Session {
+	t.Helper()
+	db, err := storage.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s, err := db.SessionByID(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestHousekeeping drives the real binary: a session left open by a killed server
+// is ended by the next start and by nothing else.
+func TestHousekeeping(t *testing.T) {
+	bin := binary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dog := testenv.ReadImage(t, "dog.jpg")
+
+	t.Run("crash leaves a session that the next start ends", func(t *testing.T) {
+		s := startServer(t, bin)
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(s.url, "http")+"/v1/stream", &websocket.DialOptions{
+			HTTPHeader: http.Header{"Authorization": {"Bearer " + s.key}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		var ready struct {
+			SessionID string `json:"session_id"`
+		}
+		if _, msg, err := c.Read(ctx); err != nil || json.Unmarshal(msg, &ready) != nil || ready.SessionID == "" {
+			t.Fatalf("ready: %s %v", msg, err)
+		}
+		for range 2 {
+			if err := c.Write(ctx, websocket.MessageBinary, dog); err != nil {
+				t.Fatal(err)
+			}
+			if _, msg, err := c.Read(ctx); err != nil || !bytes.Contains(msg, []byte(`"type":"result"`)) {
+				t.Fatalf("result: %s %v", msg, err)
+			}
+		}
+		// CLI commands beside the server leave its open session alone.
+		cli(t, bin, s.db, "keys", "list")
+		if st := sessionRow(t, s.db, ready.SessionID); st.EndedAt != nil {
+			t.Fatalf("a CLI command ended the live session: %+v", st)
+		}
+
+		s.cmd.Process.Kill() // a crash: no close, no end recorded
+		s.cmd.Wait()
+		if st := sessionRow(t, s.db, ready.SessionID); st.EndedAt != nil {
+			t.Fatalf("session ended by a killed server: %+v", st)
+		}
+		var last time.Time
+		{
+			db, err := storage.Open(ctx, s.db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Bun.NewRaw("SELECT max(created_at) FROM inference_logs WHERE session_id = ?", ready.SessionID).Scan(ctx, &last); err != nil {
+				t.Fatal(err)
+			}
+			db.Close()
+		}
+
+		s2 := startServer(t, bin, "INFERGATE_DB="+s.db)
+		st := sessionRow(t, s.db, ready.SessionID)
+		if st.EndedAt == nil || !st.EndedAt.Equal(last) || st.CloseCode == nil || *st.CloseCode != 1006 || st.FramesReceived != 2 {
+			t.Fatalf("after restart: %+v (ended %v), want ended at its last frame %v, close 1006, 2 frames", st, st.EndedAt, last)
+		}
+		s2.cmd.Process.Signal(syscall.SIGTERM)
+		s2.cmd.Wait()
+		if !strings.Contains(s2.stderr.String(), "ended the sessions a previous run left open") {
+			t.Errorf("no log line about the ended sessions:\n%s", s2.stderr)
+		}
+	})
+
 }
