@@ -82,6 +82,8 @@ type DB struct {
 	now  func() time.Time
 
 	lastUsed *lastUsed // key uses waiting for the next flush of last_used_at
+
+	prunedBatch func() // for tests: called by PruneLogs between two batches
 }
 
 // Open opens the SQLite database at path, creating its folder and the file
