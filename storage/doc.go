@@ -62,6 +62,21 @@
 // commits are committed together in the next one (group commit), so the
 // cost of a commit is shared by many frames under load and a lone frame is
 // not delayed. Usage reads the logs back as aggregates computed in SQL.
+// WriterStats counts rows queued, committed and failed, and holds
+// histograms of the rows per commit and of the time a commit takes.
+//
+// # Housekeeping
+//
+// PruneLogs deletes the logs older than a time, a batch of rows per
+// transaction, so that it never holds the write lock for long and a
+// server's Writer commits between two batches; RunRetention does it
+// periodically in the serving process, CountLogs says what it would
+// delete. A prune first records its cutoff as the retention horizon
+// (LogHorizon, table log_retention), and Usage starts at the horizon, so
+// its numbers are exact for the window it reports. Sessions are kept.
+//
+// EndAbandonedSessions ends the sessions that a serving process left open
+// when it died; the next serving process calls it at start.
 //
 // All methods of DB and Writer are safe for concurrent use.
 package storage
