@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
@@ -33,24 +32,45 @@ var (
 // out when something holds a write transaction open far too long.
 const BusyTimeout = 5000 * time.Millisecond
 
-// pragmas are set on every connection through the DSN and read back by
-// checkConn when the connection is opened. The values are what the PRAGMA
-// statements answer.
-var pragmas = []struct {
-	name, want string
-}{
+// pragma is a setting of every connection: set through the DSN and read
+// back by checkConn when the connection opens. want is what the PRAGMA
+// statement answers.
+type pragma struct{ name, want string }
+
+// pragmas are the settings of every connection of both pools.
+//
+// synchronous is FULL: in WAL mode a commit then fsyncs the WAL before it
+// returns, so a row that Writer.Write reported committed (and whose result a
+// client received) survives a power cut. NORMAL would skip that fsync and
+// could lose the last commits (never corrupt the file). The fsync is paid
+// once per transaction, and the Writer's group commit shares a transaction
+// among every row queued meanwhile, so under load it is paid once per batch.
+var pragmas = []pragma{
 	{"journal_mode", "wal"},
 	{"busy_timeout", fmt.Sprint(BusyTimeout.Milliseconds())},
 	{"foreign_keys", "1"},
-	{"synchronous", "1"}, // NORMAL: in WAL mode a commit does not fsync; a power cut may lose the last commits, never corrupt.
+	{"synchronous", syncFull},
 }
+
+// Values of PRAGMA synchronous.
+const (
+	syncNormal = "1"
+	syncFull   = "2"
+)
+
+// maxLastUsed bounds the keys whose last use waits, in memory, for the next
+// flush of last_used_at. See lastUsed.
+const maxLastUsed = 10_000
 
 // DB is the SQLite database of infergate. It is safe for concurrent use by
 // many goroutines, and the same file may be opened at the same time by other
 // processes (the CLI while the server runs).
 type DB struct {
-	// Bun is the pool of connections for reads (and for writes of callers
-	// outside this package, which then wait on locks through the busy timeout).
+	// Bun is a pool of read-only connections (query_only; transactions
+	// start with a plain, deferred BEGIN). Its reads never wait for a
+	// writer, of this process or another: WAL lets them read the last
+	// committed state while a write transaction is open. A write through
+	// it fails with "attempt to write a readonly database".
 	Bun *bun.DB
 
 	// w is a pool of a single connection that serializes this package's
@@ -61,16 +81,24 @@ type DB struct {
 	path string
 	now  func() time.Time
 
-	mu      sync.Mutex          // guards touched
-	touched map[int64]time.Time // key id -> last time this process stored last_used_at
+	lastUsed *lastUsed // key uses waiting for the next flush of last_used_at
+
+	prunedBatch func() // for tests: called by PruneLogs between two batches
 }
 
 // Open opens the SQLite database at path, creating its folder and the file
 // (mode 0600) when missing, and runs the migrations. Every connection of the
 // pools is opened with journal_mode=WAL, busy_timeout=5000, foreign_keys=ON
-// and synchronous=NORMAL, and fails to open if reading the pragmas back shows
-// something else. path is a file name, not a URI; ":memory:" is not supported.
+// and synchronous=FULL (and query_only on the read pool), and fails to open
+// if reading the pragmas back shows something else. path is a file name, not
+// a URI; ":memory:" is not supported.
 func Open(ctx context.Context, path string) (*DB, error) {
+	return open(ctx, path, syncFull)
+}
+
+// open is Open with the synchronous setting as a parameter, so that a
+// benchmark can measure what FULL costs against NORMAL.
+func open(ctx context.Context, path, synchronous string) (*DB, error) {
 	if path == "" || path == ":memory:" || strings.HasPrefix(path, "file:") {
 		return nil, fmt.Errorf("storage: open %q: %w: want a file path", path, ErrInvalid)
 	}
@@ -89,22 +117,21 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		return nil, fmt.Errorf("storage: open: %w", err)
 	}
 
-	dsn := DSN(path)
-	read := sql.OpenDB(connector{dsn: dsn})
+	read := sql.OpenDB(newConnector(path, synchronous, true))
 	n := max(4, runtime.GOMAXPROCS(0))
 	read.SetMaxOpenConns(n)
 	read.SetMaxIdleConns(n)
 
-	write := sql.OpenDB(connector{dsn: dsn})
+	write := sql.OpenDB(newConnector(path, synchronous, false))
 	write.SetMaxOpenConns(1)
 	write.SetMaxIdleConns(1)
 
 	db := &DB{
-		Bun:     bun.NewDB(read, sqlitedialect.New(), bun.WithDiscardUnknownColumns()),
-		w:       bun.NewDB(write, sqlitedialect.New(), bun.WithDiscardUnknownColumns()),
-		path:    path,
-		now:     time.Now,
-		touched: make(map[int64]time.Time),
+		Bun:      bun.NewDB(read, sqlitedialect.New(), bun.WithDiscardUnknownColumns()),
+		w:        bun.NewDB(write, sqlitedialect.New(), bun.WithDiscardUnknownColumns()),
+		path:     path,
+		now:      time.Now,
+		lastUsed: newLastUsed(maxLastUsed),
 	}
 	if err := migrate(ctx, db.w); err != nil {
 		db.Close()
@@ -117,26 +144,41 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	return db, nil
 }
 
-// DSN is the go-sqlite3 data source name Open uses for path: a file: URI
-// with the pragmas of every connection and BEGIN IMMEDIATE transactions (a
-// transaction that starts reading and then writes cannot fail on the lock
-// upgrade; it waits for the write lock at BEGIN, through the busy timeout).
-// Tests and tools may use it with sql.Open("sqlite3", DSN(path)).
-func DSN(path string) string {
+// DSN is the go-sqlite3 data source name of Open's write connection for
+// path: a file: URI with the pragmas of every connection and BEGIN IMMEDIATE
+// transactions (a transaction that starts reading and then writes cannot
+// fail on the lock upgrade; it waits for the write lock at BEGIN, through the
+// busy timeout). Tests and tools may use it with sql.Open("sqlite3", DSN(path)).
+func DSN(path string) string { return dsn(path, syncFull, false) }
+
+// dsn is the data source name of a connection to path with PRAGMA
+// synchronous ("1" NORMAL or "2" FULL). A read-only connection has
+// query_only set and starts its transactions with a deferred BEGIN, which
+// takes no lock until the first read and then only a read snapshot.
+func dsn(path, synchronous string, readOnly bool) string {
 	// '%', '?' and '#' are special in a URI; everything else SQLite takes
 	// as is.
 	p := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
-	return "file:" + p + "?_journal_mode=WAL" +
+	mode := map[string]string{syncNormal: "NORMAL", syncFull: "FULL"}[synchronous]
+	s := "file:" + p + "?_journal_mode=WAL" +
 		fmt.Sprintf("&_busy_timeout=%d", BusyTimeout.Milliseconds()) +
-		"&_foreign_keys=on&_synchronous=NORMAL&_txlock=immediate"
+		"&_foreign_keys=on&_synchronous=" + mode
+	if readOnly {
+		return s + "&_query_only=on&_txlock=deferred"
+	}
+	return s + "&_txlock=immediate"
 }
 
 // Path returns the file name the database was opened with.
 func (db *DB) Path() string { return db.path }
 
-// Close closes both connection pools. Close a Writer of db first.
+// Close stores the key uses not yet flushed (see Authenticate), then closes
+// both connection pools. Close a Writer of db first.
 func (db *DB) Close() error {
-	return errors.Join(db.w.Close(), db.Bun.Close())
+	ctx, cancel := context.WithTimeout(context.Background(), BusyTimeout)
+	defer cancel()
+	flushErr := db.FlushLastUsed(ctx)
+	return errors.Join(flushErr, db.w.Close(), db.Bun.Close())
 }
 
 // Ping checks that the database answers a query that reads the file.
@@ -148,20 +190,40 @@ func (db *DB) Ping(ctx context.Context) error {
 	return nil
 }
 
-// connector opens go-sqlite3 connections for dsn and checks the pragmas of
-// each, without registering a driver name globally.
-type connector struct{ dsn string }
-
-var sqliteDriver = &sqlite3.SQLiteDriver{ConnectHook: checkConn}
-
-func (c connector) Connect(ctx context.Context) (driver.Conn, error) {
-	return sqliteDriver.Open(c.dsn)
+// connector opens go-sqlite3 connections for dsn and checks that each has
+// the pragmas want, without registering a driver name globally.
+type connector struct {
+	dsn    string
+	driver *sqlite3.SQLiteDriver
 }
 
-func (c connector) Driver() driver.Driver { return sqliteDriver }
+// newConnector returns the connector of one of Open's pools: read-only
+// connections must answer query_only 1, write connections 0, and both the
+// pragmas every connection has.
+func newConnector(path, synchronous string, readOnly bool) connector {
+	want := append([]pragma(nil), pragmas...)
+	for i := range want {
+		if want[i].name == "synchronous" {
+			want[i].want = synchronous
+		}
+	}
+	want = append(want, pragma{"query_only", map[bool]string{false: "0", true: "1"}[readOnly]})
+	return connector{
+		dsn: dsn(path, synchronous, readOnly),
+		driver: &sqlite3.SQLiteDriver{ConnectHook: func(conn *sqlite3.SQLiteConn) error {
+			return checkConn(conn, want)
+		}},
+	}
+}
 
-func checkConn(conn *sqlite3.SQLiteConn) error {
-	return checkPragmas(func(name string) (string, error) {
+func (c connector) Connect(ctx context.Context) (driver.Conn, error) {
+	return c.driver.Open(c.dsn)
+}
+
+func (c connector) Driver() driver.Driver { return c.driver }
+
+func checkConn(conn *sqlite3.SQLiteConn, want []pragma) error {
+	return checkPragmas(want, func(name string) (string, error) {
 		rows, err := conn.QueryContext(context.Background(), "PRAGMA "+name, nil)
 		if err != nil {
 			return "", err
@@ -175,10 +237,10 @@ func checkConn(conn *sqlite3.SQLiteConn) error {
 	})
 }
 
-// checkPragmas reads every pragma with read and fails on the first one that
-// differs from what Open sets.
-func checkPragmas(read func(name string) (string, error)) error {
-	for _, p := range pragmas {
+// checkPragmas reads every pragma of want with read and fails on the first
+// one that differs.
+func checkPragmas(want []pragma, read func(name string) (string, error)) error {
+	for _, p := range want {
 		got, err := read(p.name)
 		if err != nil {
 			return fmt.Errorf("storage: read pragma %s: %w", p.name, err)

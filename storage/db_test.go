@@ -16,7 +16,7 @@ import (
 func readPragmas(t *testing.T, conn bun.Conn) map[string]string {
 	t.Helper()
 	got := make(map[string]string)
-	for _, p := range pragmas {
+	for _, p := range append(pragmas, pragma{name: "query_only"}) {
 		var v string
 		if err := conn.QueryRowContext(context.Background(), "PRAGMA "+p.name).Scan(&v); err != nil {
 			t.Fatal(err)
@@ -32,12 +32,13 @@ func TestPragmasOnEveryConnection(t *testing.T) {
 	db := openTest(t)
 
 	pools := []struct {
-		name string
-		db   *bun.DB
-		n    int
+		name      string
+		db        *bun.DB
+		n         int
+		queryOnly string
 	}{
-		{"read", db.Bun, db.Bun.Stats().MaxOpenConnections},
-		{"write", db.w, 1},
+		{"read", db.Bun, db.Bun.Stats().MaxOpenConnections, "1"},
+		{"write", db.w, 1, "0"},
 	}
 	for _, pool := range pools {
 		if pool.n < 1 {
@@ -57,7 +58,10 @@ func TestPragmasOnEveryConnection(t *testing.T) {
 				t.Fatalf("%s pool: conn %d: %v", pool.name, i, errs[i])
 			}
 			got := readPragmas(t, c)
-			want := map[string]string{"journal_mode": "wal", "busy_timeout": "5000", "foreign_keys": "1", "synchronous": "1"}
+			// synchronous FULL (2): a commit is on disk when it returns, so
+			// a result sent after its log row committed survives a power cut.
+			want := map[string]string{"journal_mode": "wal", "busy_timeout": "5000", "foreign_keys": "1", "synchronous": "2",
+				"query_only": pool.queryOnly}
 			for k, v := range want {
 				if got[k] != v {
 					t.Errorf("%s pool: conn %d: pragma %s = %q, want %q", pool.name, i, k, got[k], v)
@@ -85,11 +89,14 @@ func TestPragmaMismatchIsAnError(t *testing.T) {
 		{"rollback journal", "file:" + path + "?_journal_mode=DELETE", "journal_mode"},
 		{"no foreign keys", "file:" + path + "?_journal_mode=WAL", "foreign_keys"},
 		{"short busy timeout", "file:" + path + "?_journal_mode=WAL&_foreign_keys=on&_busy_timeout=10", "busy_timeout"},
-		{"synchronous full", "file:" + path + "?_journal_mode=WAL&_foreign_keys=on&_synchronous=FULL", "synchronous"},
+		{"synchronous normal", "file:" + path + "?_journal_mode=WAL&_foreign_keys=on&_synchronous=NORMAL", "synchronous"},
+		{"writable read connection", "file:" + path + "?_journal_mode=WAL&_foreign_keys=on&_synchronous=FULL", "query_only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sqldb := sql.OpenDB(connector{dsn: tt.dsn})
+			c := newConnector(path, syncFull, true)
+			c.dsn = tt.dsn
+			sqldb := sql.OpenDB(c)
 			defer sqldb.Close()
 			err := sqldb.PingContext(context.Background())
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -97,11 +104,42 @@ func TestPragmaMismatchIsAnError(t *testing.T) {
 			}
 		})
 	}
-	// And Open's own DSN passes.
-	sqldb := sql.OpenDB(connector{dsn: DSN(path)})
-	defer sqldb.Close()
-	if err := sqldb.PingContext(context.Background()); err != nil {
+	// And Open's own DSNs pass.
+	for _, readOnly := range []bool{false, true} {
+		sqldb := sql.OpenDB(newConnector(path, syncFull, readOnly))
+		defer sqldb.Close()
+		if err := sqldb.PingContext(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReadPoolIsReadOnly: a write through DB.Bun fails, and a transaction
+// on it does not take the write lock.
+func TestReadPoolIsReadOnly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openTest(t)
+	if _, err := db.Bun.ExecContext(ctx, "DELETE FROM users"); err == nil || !strings.Contains(err.Error(), "readonly") {
+		t.Fatalf("write through the read pool = %v, want a readonly error", err)
+	}
+	// Another connection holds the write lock; a read transaction still
+	// begins, reads and ends.
+	lock, err := db.w.Conn(ctx)
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer lock.Close()
+	if _, err := lock.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	defer lock.ExecContext(ctx, "ROLLBACK")
+	err = db.Bun.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		_, err := tx.NewSelect().Model((*User)(nil)).Count(ctx)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("read transaction beside a writer: %v", err)
 	}
 }
 
@@ -178,7 +216,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Bun.ExecContext(ctx,
+	if _, err := db.w.ExecContext(ctx,
 		"INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', '2030-01-01 00:00:00+00:00')"); err != nil {
 		t.Fatal(err)
 	}

@@ -7,14 +7,20 @@
 // the server and the CLI (infergate keys revoke while serving) can use the
 // same file at once. Every connection of every pool is opened with
 // journal_mode=WAL, busy_timeout=5000, foreign_keys=ON and
-// synchronous=NORMAL, set in the DSN (see DSN) and read back when the
+// synchronous=FULL, set in the DSN (see DSN) and read back when the
 // connection opens; a connection whose pragmas differ is an error, not a
-// silent downgrade. Transactions start with BEGIN IMMEDIATE: they take the
-// write lock first, waiting up to the busy timeout for another process,
-// rather than failing when a read turns into a write.
+// silent downgrade. FULL makes a commit fsync the WAL before it returns, so
+// what was committed survives a power cut (with NORMAL, the last commits
+// could be lost); the group commit of the Writer is what keeps its cost
+// low, one fsync per batch of rows.
 //
-// DB.Bun is a pool for reads. This package's own writes go through a second
-// pool of one connection, so that writers of one process queue in Go and
+// DB.Bun is a pool of read-only connections (query_only, deferred
+// transactions): key lookups, usage and the revocation poll read through
+// it and never queue behind a write, of this process or another. This
+// package's writes go through a second pool of one connection, whose
+// transactions start with BEGIN IMMEDIATE: they take the write lock first,
+// waiting up to the busy timeout for another process, rather than failing
+// when a read turns into a write. So writers of one process queue in Go and
 // only writers of different processes meet on the SQLite lock.
 //
 // Migrations are numbered and append-only. Open applies the missing ones in
@@ -41,6 +47,13 @@
 // disabling its user, takes effect at the next Authenticate; Invalid lets
 // the server find its open streams that must close.
 //
+// Authenticate writes nothing: it notes the use of the key in memory, and
+// FlushLastUsed stores the latest use of every key in last_used_at, run by
+// the Writer's goroutine once a minute (WriterOptions.LastUsedEvery), at
+// once when 10,000 keys wait, and at Close. That set is the only map this
+// package keeps; it never holds more than 10,000 keys (a use that finds it
+// full is not recorded until the next flush empties it).
+//
 // # Inference logs
 //
 // A Writer owns the only goroutine that writes inference_logs. Write blocks
@@ -49,6 +62,21 @@
 // commits are committed together in the next one (group commit), so the
 // cost of a commit is shared by many frames under load and a lone frame is
 // not delayed. Usage reads the logs back as aggregates computed in SQL.
+// WriterStats counts rows queued, committed and failed, and holds
+// histograms of the rows per commit and of the time a commit takes.
+//
+// # Housekeeping
+//
+// PruneLogs deletes the logs older than a time, a batch of rows per
+// transaction, so that it never holds the write lock for long and a
+// server's Writer commits between two batches; RunRetention does it
+// periodically in the serving process, CountLogs says what it would
+// delete. A prune first records its cutoff as the retention horizon
+// (LogHorizon, table log_retention), and Usage starts at the horizon, so
+// its numbers are exact for the window it reports. Sessions are kept.
+//
+// EndAbandonedSessions ends the sessions that a serving process left open
+// when it died; the next serving process calls it at start.
 //
 // All methods of DB and Writer are safe for concurrent use.
 package storage

@@ -9,7 +9,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -25,8 +27,8 @@ const (
 	keyRandomBytes = 32                  // 256 bits from crypto/rand; 43 base64 characters
 	minKeyLen      = len(KeyPrefix) + 32 // SPEC: "ig_" + 32 or more random characters
 	maxKeyLen      = 256                 // longer bearer tokens are refused without hashing
-	touchEvery     = time.Minute         // last_used_at is stored at most this often per key
 	maxEmailLen    = 254                 // RFC 5321 path limit
+	lastUsedChunk  = 500                 // keys whose last_used_at one transaction stores
 )
 
 // NewKey returns a new API key: "ig_" and 43 URL-safe base64 characters that
@@ -139,8 +141,13 @@ func orDefault(v, def int) int {
 // Authenticate returns the key and user that key belongs to. It looks the
 // key up by its hash (a unique index), and fails with ErrUnauthorized when
 // the key is unknown or revoked or its user is disabled; other errors mean
-// the database did not answer. The first use of a key in a minute stores
-// last_used_at; that write never fails the authentication.
+// the database did not answer.
+//
+// It only reads, through the read-only pool, so it never waits for a write
+// transaction, of this process (the Writer's group commit) or of another.
+// The use of the key is recorded in memory and stored in last_used_at by the
+// next FlushLastUsed; the returned Key.LastUsedAt is the stored value, which
+// may be up to a flush interval old.
 func (db *DB) Authenticate(ctx context.Context, key string) (*Principal, error) {
 	if len(key) < minKeyLen || len(key) > maxKeyLen || !strings.HasPrefix(key, KeyPrefix) {
 		return nil, ErrUnauthorized
@@ -167,41 +174,112 @@ func (db *DB) Authenticate(ctx context.Context, key string) (*Principal, error) 
 	if p.User.DisabledAt != nil {
 		return nil, ErrUnauthorized
 	}
-	db.touch(ctx, &p.Key)
+	db.lastUsed.record(p.Key.ID, utc(db.now()))
 	return &p, nil
 }
 
-// touch stores last_used_at of k if it is older than touchEvery. At most one
-// goroutine of this process writes it per key and minute; the WHERE clause
-// keeps other processes from writing it more often. Failures are ignored:
-// last_used_at is informational.
-func (db *DB) touch(ctx context.Context, k *APIKey) {
-	now := utc(db.now())
-	if k.LastUsedAt != nil && now.Sub(*k.LastUsedAt) < touchEvery {
-		return
-	}
-	db.mu.Lock()
-	if last, ok := db.touched[k.ID]; ok && now.Sub(last) < touchEvery {
-		db.mu.Unlock()
-		return
-	}
-	db.touched[k.ID] = now
-	db.mu.Unlock()
+// lastUsed holds the latest use of each key since the last flush, so that a
+// request costs a map update rather than a write, and last_used_at is stored
+// for all keys at once, at most once per flush. It holds at most max keys.
+// A flush empties it; when it fills up before that, it asks for a flush at
+// once (full), and until then the uses of keys not in it are not recorded
+// (counted in dropped): last_used_at is informational, and memory stays
+// bounded whatever the number of keys.
+type lastUsed struct {
+	max  int
+	full chan struct{} // holds a token while pending is full
 
-	_, err := db.w.NewUpdate().Model((*APIKey)(nil)).
-		Set("last_used_at = ?", now).
-		Where("id = ?", k.ID).
-		Where("last_used_at IS NULL OR last_used_at <= ?", now.Add(-touchEvery)).
-		Exec(ctx)
-	if err != nil {
-		db.mu.Lock()
-		if db.touched[k.ID].Equal(now) {
-			delete(db.touched, k.ID) // let the next authentication try again
+	mu      sync.Mutex          // guards pending and dropped
+	pending map[int64]time.Time // key id -> latest use not yet stored
+	dropped int64
+}
+
+func newLastUsed(max int) *lastUsed {
+	return &lastUsed{max: max, full: make(chan struct{}, 1), pending: make(map[int64]time.Time)}
+}
+
+// record notes that key id was used at at.
+func (l *lastUsed) record(id int64, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.pending[id]; ok {
+		if at.After(t) {
+			l.pending[id] = at
 		}
-		db.mu.Unlock()
 		return
 	}
-	k.LastUsedAt = &now
+	if len(l.pending) >= l.max {
+		l.dropped++
+		return
+	}
+	l.pending[id] = at
+	if len(l.pending) == l.max {
+		select {
+		case l.full <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take empties the set and returns what it held.
+func (l *lastUsed) take() map[int64]time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.pending
+	if len(p) == 0 {
+		return nil
+	}
+	l.pending = make(map[int64]time.Time)
+	select {
+	case <-l.full:
+	default:
+	}
+	return p
+}
+
+// putBack returns uses that could not be stored, as far as there is room.
+func (l *lastUsed) putBack(ids []int64, p map[int64]time.Time) {
+	for _, id := range ids {
+		l.record(id, p[id])
+	}
+}
+
+// FlushLastUsed stores the uses of keys that Authenticate recorded since the
+// last flush: last_used_at becomes the latest use, and never moves back (so
+// two processes flushing the same key keep the later time). The Writer calls
+// it periodically (WriterOptions.LastUsedEvery) and when the uses of
+// maxLastUsed keys wait; Close calls it. Uses that fail to store are kept for
+// the next flush. Safe for concurrent use.
+func (db *DB) FlushLastUsed(ctx context.Context) error {
+	p := db.lastUsed.take()
+	if len(p) == 0 {
+		return nil
+	}
+	ids := make([]int64, 0, len(p))
+	for id := range p {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for start := 0; start < len(ids); start += lastUsedChunk {
+		chunk := ids[start:min(start+lastUsedChunk, len(ids))]
+		err := db.w.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			for _, id := range chunk {
+				if _, err := tx.NewUpdate().Model((*APIKey)(nil)).
+					Set("last_used_at = ?", p[id]).
+					Where("id = ?", id).
+					Where("last_used_at IS NULL OR last_used_at < ?", p[id]).
+					Exec(ctx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			db.lastUsed.putBack(ids[start:], p)
+			return fmt.Errorf("storage: store last used: %w", err)
+		}
+	}
+	return nil
 }
 
 // ListKeys returns every key, revoked ones included, with its user's email,

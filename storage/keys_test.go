@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -161,64 +162,216 @@ func TestAuthenticate(t *testing.T) {
 	}
 }
 
-func TestAuthenticateStoresLastUsedOncePerMinute(t *testing.T) {
+// lastUsedOf reads api_keys.last_used_at of key id.
+func lastUsedOf(t *testing.T, db *DB, id int64) *time.Time {
+	t.Helper()
+	var got APIKey
+	if err := db.Bun.NewSelect().Model(&got).Where("id = ?", id).Scan(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return got.LastUsedAt
+}
+
+// TestLastUsedIsFlushed: Authenticate only records a use in memory; a flush
+// stores the latest use of each key, and never moves it back.
+func TestLastUsedIsFlushed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := openTest(t)
 	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	clk := setClock(db, t0)
 	key, k, _ := newKey(t, db, "a@example.com")
+	key2, k2, _ := newKey(t, db, "b@example.com")
 
-	lastUsed := func() *time.Time {
+	auth := func(key string) {
 		t.Helper()
-		var got APIKey
-		if err := db.Bun.NewSelect().Model(&got).Where("id = ?", k.ID).Scan(ctx); err != nil {
+		if _, err := db.Authenticate(ctx, key); err != nil {
 			t.Fatal(err)
 		}
-		return got.LastUsedAt
 	}
-	if lu := lastUsed(); lu != nil {
-		t.Fatalf("last used %v before any use", lu)
+	auth(key)
+	if lu := lastUsedOf(t, db, k.ID); lu != nil {
+		t.Fatalf("last used %v before a flush: Authenticate wrote", lu)
 	}
-	steps := []struct {
-		advance time.Duration
-		want    time.Time
-	}{
-		{0, t0},
-		{30 * time.Second, t0},
-		{29 * time.Second, t0},
-		{2 * time.Second, t0.Add(61 * time.Second)},
-		{59*time.Second + 999*time.Millisecond, t0.Add(61 * time.Second)},
-		{time.Millisecond, t0.Add(121 * time.Second)},
+	if err := db.FlushLastUsed(ctx); err != nil {
+		t.Fatal(err)
 	}
-	for i, s := range steps {
-		clk.add(s.advance)
-		p, err := db.Authenticate(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if lu := lastUsed(); lu == nil || !lu.Equal(s.want) {
-			t.Errorf("step %d: last used %v, want %v", i, lu, s.want)
-		}
-		if p.Key.LastUsedAt == nil || !p.Key.LastUsedAt.Equal(s.want) {
-			t.Errorf("step %d: principal's last used %v, want %v", i, p.Key.LastUsedAt, s.want)
-		}
+	if lu := lastUsedOf(t, db, k.ID); lu == nil || !lu.Equal(t0) {
+		t.Fatalf("last used %v after a flush, want %v", lu, t0)
 	}
 
-	// Another handle (process) that has not touched the key yet still
-	// does not write it within the minute.
+	// Several uses between flushes: the latest is stored, once.
+	clk.add(30 * time.Second)
+	auth(key)
+	auth(key2)
+	clk.add(10 * time.Second)
+	auth(key)
+	if err := db.FlushLastUsed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if lu := lastUsedOf(t, db, k.ID); lu == nil || !lu.Equal(t0.Add(40*time.Second)) {
+		t.Errorf("last used %v, want the latest use %v", lu, t0.Add(40*time.Second))
+	}
+	if lu := lastUsedOf(t, db, k2.ID); lu == nil || !lu.Equal(t0.Add(30*time.Second)) {
+		t.Errorf("second key last used %v, want %v", lu, t0.Add(30*time.Second))
+	}
+	if p, err := db.Authenticate(ctx, key); err != nil || p.Key.LastUsedAt == nil || !p.Key.LastUsedAt.Equal(t0.Add(40*time.Second)) {
+		t.Errorf("principal's last used %v, %v; want the stored %v", p.Key.LastUsedAt, err, t0.Add(40*time.Second))
+	}
+
+	// A flush that fails keeps the uses for the next one.
+	hold, err := db.w.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	clk.add(time.Minute)
+	auth(key2)
+	if err := db.FlushLastUsed(short); err == nil {
+		t.Error("flush without the write connection succeeded")
+	}
+	cancel()
+	hold.Close()
+	if err := db.FlushLastUsed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if lu := lastUsedOf(t, db, k2.ID); lu == nil || !lu.Equal(t0.Add(100*time.Second)) {
+		t.Errorf("after a failed flush and a good one: last used %v, want %v", lu, t0.Add(100*time.Second))
+	}
+
+	// Another handle (process) with an older use does not move it back.
 	db2, err := Open(ctx, db.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db2.Close()
-	db2.now = clk.now
-	clk.add(10 * time.Second)
+	db2.now = func() time.Time { return t0 }
 	if _, err := db2.Authenticate(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	if lu := lastUsed(); !lu.Equal(t0.Add(121 * time.Second)) {
-		t.Errorf("second handle moved last used to %v", lu)
+	if err := db2.FlushLastUsed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if lu := lastUsedOf(t, db, k.ID); !lu.Equal(t0.Add(40 * time.Second)) {
+		t.Errorf("an older use moved last used back to %v", lu)
+	}
+
+	// Close flushes what is left.
+	clk.add(time.Hour)
+	auth(key)
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if lu := lastUsedOf(t, db2, k.ID); lu == nil || !lu.Equal(clk.now()) {
+		t.Errorf("after Close: last used %v, want %v", lu, clk.now())
+	}
+}
+
+// TestLastUsedIsBounded: the uses waiting for a flush are at most the cap;
+// reaching it asks the Writer for a flush at once.
+func TestLastUsedIsBounded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openTest(t)
+	db.lastUsed = newLastUsed(3)
+	keys := make([]string, 5)
+	ids := make([]int64, 5)
+	for i := range keys {
+		var k *APIKey
+		keys[i], k, _ = newKey(t, db, fmt.Sprintf("u%d@example.com", i))
+		ids[i] = k.ID
+	}
+	for _, key := range append(keys, keys[0]) {
+		if _, err := db.Authenticate(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.lastUsed.mu.Lock()
+	n, dropped := len(db.lastUsed.pending), db.lastUsed.dropped
+	db.lastUsed.mu.Unlock()
+	if n != 3 || dropped != 2 || len(db.lastUsed.full) != 1 {
+		t.Fatalf("%d keys wait, %d uses dropped, flush asked %d; want 3, 2, 1", n, dropped, len(db.lastUsed.full))
+	}
+
+	// A Writer (whose periodic flush is far away) flushes them at once, and
+	// the next uses fit again.
+	w := NewWriter(db, WriterOptions{LastUsedEvery: time.Hour, Logger: quiet})
+	defer w.Close(ctx)
+	waitFor(t, "the first 3 keys' last use stored", func() bool {
+		for _, id := range ids[:3] {
+			if lastUsedOf(t, db, id) == nil {
+				return false
+			}
+		}
+		return true
+	})
+	if lastUsedOf(t, db, ids[3]) != nil || lastUsedOf(t, db, ids[4]) != nil {
+		t.Error("a dropped use was stored")
+	}
+	for _, key := range keys[2:] {
+		if _, err := db.Authenticate(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the other keys' last use stored", func() bool {
+		return lastUsedOf(t, db, ids[3]) != nil && lastUsedOf(t, db, ids[4]) != nil
+	})
+}
+
+// TestAuthenticateDoesNotWaitForWrites holds this process's write connection
+// (as the Writer does while it commits) and the SQLite write lock (as another
+// process does): authenticating a key, refusing an unknown one and reading
+// usage still answer.
+func TestAuthenticateDoesNotWaitForWrites(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openTest(t)
+	key, _, u := newKey(t, db, "a@example.com")
+
+	other, err := sql.Open("sqlite3", DSN(db.Path()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	lock, err := other.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if _, err := lock.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	defer lock.ExecContext(ctx, "ROLLBACK")
+	hold, err := db.w.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+
+	unknown, err := NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		if _, err := db.Authenticate(ctx, key); err != nil {
+			done <- err
+			return
+		}
+		if _, err := db.Authenticate(ctx, unknown); !errors.Is(err, ErrUnauthorized) {
+			done <- fmt.Errorf("unknown key: %v", err)
+			return
+		}
+		_, err := db.Usage(ctx, u.ID, time.Time{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Authenticate or Usage waited for the write connection")
 	}
 }
 
@@ -262,7 +415,7 @@ func TestRevokeKey(t *testing.T) {
 	// Two live keys with one prefix (a 1 in 2^30 chance, forced here): the
 	// prefix is ambiguous, the whole key is not.
 	third, tk, _ := newKey(t, db, "b@example.com")
-	if _, err := db.Bun.NewUpdate().Model((*APIKey)(nil)).Set("prefix = ?", ok.Prefix).Where("id = ?", tk.ID).Exec(ctx); err != nil {
+	if _, err := db.w.NewUpdate().Model((*APIKey)(nil)).Set("prefix = ?", ok.Prefix).Where("id = ?", tk.ID).Exec(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := db.RevokeKey(ctx, ok.Prefix); !errors.Is(err, ErrAmbiguous) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,11 +37,36 @@ func newKey(t testing.TB, db *DB, email string) (string, *APIKey, *User) {
 	return key, k, u
 }
 
-// clock is a settable clock for DB.now.
-type clock struct{ t time.Time }
+// clock is a settable clock for DB.now, safe to read from other goroutines.
+type clock struct {
+	mu sync.Mutex // guards t
+	t  time.Time
+}
 
-func (c *clock) now() time.Time           { return c.t }
-func (c *clock) add(d time.Duration)      { c.t = c.t.Add(d) }
-func setClock(db *DB, t time.Time) *clock { c := &clock{t}; db.now = c.now; return c }
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func setClock(db *DB, t time.Time) *clock { c := &clock{t: t}; db.now = c.now; return c }
+
+// waitFor waits until cond holds, failing the test after 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
 
 func reflectType(model any) reflect.Type { return reflect.TypeOf(model).Elem() }

@@ -91,6 +91,18 @@ var migrations = []migration{
 			`CREATE INDEX inference_logs_user_id_created_at_idx ON inference_logs (user_id, created_at)`,
 		},
 	},
+	{
+		version: 2,
+		name:    "log retention horizon",
+		stmts: []string{
+			// One row at most: inference_logs keeps no row created before
+			// pruned_before (see DB.PruneLogs), and Usage counts from it.
+			`CREATE TABLE log_retention (
+				id            INTEGER PRIMARY KEY CHECK (id = 1),
+				pruned_before TIMESTAMP NOT NULL
+			)`,
+		},
+	},
 }
 
 // SchemaVersion is the schema version this package migrates to.

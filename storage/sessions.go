@@ -83,6 +83,41 @@ func (db *DB) EndSession(ctx context.Context, id string, endedAt time.Time, rece
 	return nil
 }
 
+// EndAbandonedSessions ends every session that has no end: the sessions of
+// a serving process that died (a crash, a kill, a power cut) before it could
+// end them. Each gets close code closeCode; ended_at is its last known
+// activity, the created_at of its last log row (or its start when it has
+// none), so that its duration does not include the downtime; and
+// frames_received is the number of its log rows, the frames that reached
+// the model (the frames the limiter refused were counted only in the dead
+// process's memory: frames_rejected stays 0). It returns how many sessions
+// it ended.
+//
+// It must run only when no live process owns a session of this database:
+// the serving process calls it at start, before it accepts streams. With
+// SQLite one process serves a database, so at that point every open session
+// is abandoned; the CLI never calls it.
+func (db *DB) EndAbandonedSessions(ctx context.Context, closeCode int) (int64, error) {
+	// The log rows of a session are found through the (user_id, created_at)
+	// index: its user's rows since it started.
+	res, err := db.w.NewRaw(`UPDATE sessions SET
+		ended_at = coalesce((SELECT max(l.created_at) FROM inference_logs AS l
+			WHERE l.user_id = sessions.user_id AND l.created_at >= sessions.started_at AND l.session_id = sessions.id),
+			started_at),
+		frames_received = (SELECT count(*) FROM inference_logs AS l
+			WHERE l.user_id = sessions.user_id AND l.created_at >= sessions.started_at AND l.session_id = sessions.id),
+		close_code = ?
+		WHERE ended_at IS NULL`, closeCode).Exec(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("storage: end abandoned sessions: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("storage: end abandoned sessions: %w", err)
+	}
+	return n, nil
+}
+
 // SessionByID returns the session with id. Errors: ErrNotFound.
 func (db *DB) SessionByID(ctx context.Context, id string) (*Session, error) {
 	s := new(Session)

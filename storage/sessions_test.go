@@ -82,3 +82,77 @@ func TestSessions(t *testing.T) {
 		t.Errorf("StartSession with an unknown key = %v, want a foreign key error", err)
 	}
 }
+
+func TestEndAbandonedSessions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newWriterEnv(t, WriterOptions{})
+	db := e.db
+	t0 := time.Date(2025, 2, 1, 8, 0, 0, 0, time.UTC)
+	_, k2, u2 := newKey(t, db, "other@example.com")
+
+	start := func(id string, at time.Time) {
+		t.Helper()
+		if err := db.StartSession(ctx, &Session{ID: id, UserID: e.u.ID, APIKeyID: e.k.ID, Transport: TransportWS, StartedAt: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logRow := func(session string, userID, keyID int64, at time.Time) {
+		t.Helper()
+		r := e.row(1)
+		r.UserID, r.APIKeyID, r.Transport, r.CreatedAt = userID, keyID, TransportWS, at
+		if session != "" {
+			r.SessionID = &session
+		} else {
+			r.Transport = TransportPOST
+		}
+		if err := e.w.Write(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// crashed: open, three frames logged; idle: open, none; done: ended
+	// normally; the other user's and a POST row come later and are not
+	// crashed's.
+	start("crashed", t0)
+	start("idle", t0.Add(time.Minute))
+	start("done", t0)
+	for _, d := range []time.Duration{time.Second, 5 * time.Second, 3 * time.Second} {
+		logRow("crashed", e.u.ID, e.k.ID, t0.Add(d))
+	}
+	logRow("done", e.u.ID, e.k.ID, t0.Add(2*time.Second))
+	logRow("", e.u.ID, e.k.ID, t0.Add(time.Hour))
+	logRow("", u2.ID, k2.ID, t0.Add(time.Hour))
+	if err := db.EndSession(ctx, "done", t0.Add(10*time.Second), 4, 1, 1000); err != nil {
+		t.Fatal(err)
+	}
+
+	n, err := db.EndAbandonedSessions(ctx, 1006)
+	if err != nil || n != 2 {
+		t.Fatalf("EndAbandonedSessions = %d, %v; want 2", n, err)
+	}
+	tests := []struct {
+		id       string
+		ended    time.Time
+		received int64
+		rejected int64
+		code     int
+	}{
+		{"crashed", t0.Add(5 * time.Second), 3, 0, 1006}, // its last logged frame
+		{"idle", t0.Add(time.Minute), 0, 0, 1006},        // its start
+		{"done", t0.Add(10 * time.Second), 4, 1, 1000},   // untouched
+	}
+	for _, tt := range tests {
+		s, err := db.SessionByID(ctx, tt.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.EndedAt == nil || !s.EndedAt.Equal(tt.ended) || s.FramesReceived != tt.received ||
+			s.FramesRejected != tt.rejected || s.CloseCode == nil || *s.CloseCode != tt.code {
+			t.Errorf("session %s: %+v (ended %v), want ended %v, %d received, close %d", tt.id, s, s.EndedAt, tt.ended, tt.received, tt.code)
+		}
+	}
+	// Ended sessions stay ended: a second run (the next start) ends none.
+	if n, err := db.EndAbandonedSessions(ctx, 1006); err != nil || n != 0 {
+		t.Errorf("second run = %d, %v; want 0", n, err)
+	}
+}

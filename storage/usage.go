@@ -20,20 +20,36 @@ type Usage struct {
 }
 
 // Usage returns the usage of user userID since a time (inclusive; the zero
-// time means all time, and Since is nil). A request is one row of
-// inference_logs, successful when its status is 200. The numbers come from
-// one aggregate query over the (user_id, created_at) index; no row is loaded.
-// since is compared at microsecond precision, as times are stored.
+// time means all time). A request is one row of inference_logs, successful
+// when its status is 200. The numbers come from one aggregate query over the
+// (user_id, created_at) index; no row is loaded. since is compared at
+// microsecond precision, as times are stored.
+//
+// When logs were pruned (see PruneLogs), the report starts at the later of
+// since and the retention horizon, and Since says so: the numbers are exact
+// for the window they claim, even while a prune is deleting rows, as the
+// horizon and the rows are read in one snapshot. Since is nil when the
+// report covers all time.
 func (db *DB) Usage(ctx context.Context, userID int64, since time.Time) (*Usage, error) {
 	var rows []usageRow
 	u := &Usage{ByTransport: map[string]int64{TransportPOST: 0, TransportWS: 0, TransportSSE: 0}}
+	// A deferred (read-only) transaction: one snapshot for both reads.
+	err := db.Bun.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		horizon, err := logHorizon(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if horizon.After(since) {
+			since = horizon
+		}
+		return usageQuery(tx, userID, since).Scan(ctx, &rows)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage: usage: %w", err)
+	}
 	if !since.IsZero() {
 		s := utc(since)
 		u.Since = &s
-	}
-	q := db.usageQuery(userID, since)
-	if err := q.Scan(ctx, &rows); err != nil {
-		return nil, fmt.Errorf("storage: usage: %w", err)
 	}
 	var latency float64
 	for _, r := range rows {
@@ -58,8 +74,8 @@ type usageRow struct {
 
 // usageQuery counts the requests, successes and total latency of a user per
 // transport.
-func (db *DB) usageQuery(userID int64, since time.Time) *bun.SelectQuery {
-	q := db.Bun.NewSelect().
+func usageQuery(idb bun.IDB, userID int64, since time.Time) *bun.SelectQuery {
+	q := idb.NewSelect().
 		TableExpr("inference_logs").
 		ColumnExpr("transport").
 		ColumnExpr("count(*) AS n").

@@ -88,7 +88,7 @@ func TestUsageUsesIndex(t *testing.T) {
 	ctx := context.Background()
 	db := openTest(t)
 	for _, since := range []time.Time{{}, time.Now()} {
-		q := db.usageQuery(1, since).String()
+		q := usageQuery(db.Bun, 1, since).String()
 		var plan []struct {
 			Detail string `bun:"detail"`
 		}

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -26,6 +28,13 @@ type WriterOptions struct {
 	// ends: that is the backpressure the server passes on to clients. A
 	// larger queue absorbs longer bursts at the cost of memory and latency.
 	QueueSize int
+	// LastUsedEvery is how often the writer goroutine stores the key uses
+	// that Authenticate recorded (DB.FlushLastUsed; 0 means 1 minute). A
+	// shorter period keeps api_keys.last_used_at closer to now at the cost
+	// of one small transaction per period; a longer one loses more of it
+	// when the process dies. It is also flushed when many keys wait, and at
+	// Close.
+	LastUsedEvery time.Duration
 	// Logger receives commit failures (nil means slog.Default()).
 	Logger *slog.Logger
 }
@@ -37,6 +46,70 @@ type WriterStats struct {
 	Failed    int64 // rows whose write failed
 	LastBatch int   // rows in the last committed transaction
 	Queued    int   // rows waiting for the writer now
+
+	// Batches are the rows of each committed transaction, in buckets of
+	// powers of two up to 4096.
+	Batches Histogram
+	// CommitSeconds is how long each committed transaction took, from
+	// asking for the write connection (so waiting for the lock is
+	// included) to the end of COMMIT (and its fsync), in buckets from
+	// 0.1 ms to about 6.5 s, doubling.
+	CommitSeconds Histogram
+}
+
+// Histogram is a cumulative histogram, as Prometheus takes it: Counts[i]
+// observations were at most Bounds[i]; Count and Sum are of all of them.
+type Histogram struct {
+	Bounds []float64
+	Counts []uint64
+	Count  uint64
+	Sum    float64
+}
+
+// Bucket bounds of WriterStats.Batches (rows: a batch is at most MaxBatch)
+// and WriterStats.CommitSeconds (an fsync takes a fraction of a millisecond
+// on an SSD and tens on a disk; seconds mean a lock held by another process).
+var (
+	batchBuckets  = exponential(1, 2, 13)
+	commitBuckets = exponential(0.0001, 2, 17)
+)
+
+func exponential(start, factor float64, n int) []float64 {
+	b := make([]float64, n)
+	for i := range b {
+		b[i] = start
+		start *= factor
+	}
+	return b
+}
+
+// histogram counts observations per bucket; it is not safe for concurrent
+// use (the Writer guards its two with a mutex).
+type histogram struct {
+	bounds []float64
+	counts []uint64 // counts[i]: observations in (bounds[i-1], bounds[i]]; one more for +Inf
+	sum    float64
+}
+
+func newHistogram(bounds []float64) histogram {
+	return histogram{bounds: bounds, counts: make([]uint64, len(bounds)+1)}
+}
+
+func (h *histogram) observe(v float64) {
+	i, _ := slices.BinarySearch(h.bounds, v)
+	h.counts[i]++
+	h.sum += v
+}
+
+func (h *histogram) snapshot() Histogram {
+	s := Histogram{Bounds: h.bounds, Counts: make([]uint64, len(h.bounds)), Sum: h.sum}
+	for i, c := range h.counts {
+		s.Count += c
+		if i < len(s.Counts) {
+			s.Counts[i] = s.Count
+		}
+	}
+	return s
 }
 
 // Writer writes inference_logs rows from one goroutine with group commit:
@@ -45,17 +118,22 @@ type WriterStats struct {
 // arrived meanwhile, with no timer: an idle server commits a lone row at
 // once. Its methods are safe for concurrent use.
 type Writer struct {
-	db     *DB
-	max    int
-	log    *slog.Logger
-	queue  chan *writeReq
-	stop   chan struct{} // closed by Close: stop accepting
-	done   chan struct{} // closed when run returns
-	once   sync.Once
-	mu     sync.RWMutex // guards closed; Write holds it shared while it hands a row over
-	closed bool
+	db       *DB
+	max      int
+	lastUsed time.Duration
+	log      *slog.Logger
+	queue    chan *writeReq
+	stop     chan struct{} // closed by Close: stop accepting
+	done     chan struct{} // closed when run returns
+	once     sync.Once
+	mu       sync.RWMutex // guards closed; Write holds it shared while it hands a row over
+	closed   bool
 
 	commits, rows, failed, last atomic.Int64
+
+	hmu           sync.Mutex // guards batches and commitSeconds
+	batches       histogram
+	commitSeconds histogram
 }
 
 type writeReq struct {
@@ -72,16 +150,22 @@ func NewWriter(db *DB, opt WriterOptions) *Writer {
 	if opt.QueueSize <= 0 {
 		opt.QueueSize = 4096
 	}
+	if opt.LastUsedEvery <= 0 {
+		opt.LastUsedEvery = time.Minute
+	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
 	w := &Writer{
-		db:    db,
-		max:   opt.MaxBatch,
-		log:   opt.Logger,
-		queue: make(chan *writeReq, opt.QueueSize),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		db:            db,
+		max:           opt.MaxBatch,
+		lastUsed:      opt.LastUsedEvery,
+		log:           opt.Logger,
+		queue:         make(chan *writeReq, opt.QueueSize),
+		stop:          make(chan struct{}),
+		done:          make(chan struct{}),
+		batches:       newHistogram(batchBuckets),
+		commitSeconds: newHistogram(commitBuckets),
 	}
 	go w.run()
 	return w
@@ -129,7 +213,8 @@ func (w *Writer) Write(ctx context.Context, row *InferenceLog) error {
 }
 
 // Close stops accepting rows (Write then returns ErrClosed), commits every
-// row already queued, and stops the writer goroutine. It returns ctx.Err()
+// row already queued, stores the key uses not yet flushed, and stops the
+// writer goroutine. It returns ctx.Err()
 // if ctx ends first; the goroutine still finishes the queue. Close is
 // idempotent and safe to call concurrently.
 func (w *Writer) Close(ctx context.Context) error {
@@ -150,25 +235,45 @@ func (w *Writer) Close(ctx context.Context) error {
 
 // Stats returns the writer's counters.
 func (w *Writer) Stats() WriterStats {
-	return WriterStats{
+	st := WriterStats{
 		Commits:   w.commits.Load(),
 		Rows:      w.rows.Load(),
 		Failed:    w.failed.Load(),
 		LastBatch: int(w.last.Load()),
 		Queued:    len(w.queue),
 	}
+	w.hmu.Lock()
+	st.Batches = w.batches.snapshot()
+	st.CommitSeconds = w.commitSeconds.snapshot()
+	w.hmu.Unlock()
+	return st
 }
 
 // run is the writer goroutine: take one row (waiting), then whatever else is
 // queued up to the batch size, commit, answer, repeat until the queue is
-// closed and empty.
+// closed and empty. Between batches it stores the uses of keys, every
+// LastUsedEvery or when many keys wait: a small transaction that, like the
+// log rows, goes through the one write connection.
 func (w *Writer) run() {
 	defer close(w.done)
+	tick := time.NewTicker(w.lastUsed)
+	defer tick.Stop()
 	batch := make([]*writeReq, 0, w.max)
 	for {
-		req, ok := <-w.queue
-		if !ok {
-			return
+		var req *writeReq
+		select {
+		case r, ok := <-w.queue:
+			if !ok {
+				w.flushLastUsed()
+				return
+			}
+			req = r
+		case <-tick.C:
+			w.flushLastUsed()
+			continue
+		case <-w.db.lastUsed.full:
+			w.flushLastUsed()
+			continue
 		}
 		batch = append(batch[:0], req)
 	fill:
@@ -185,6 +290,14 @@ func (w *Writer) run() {
 		}
 		w.commit(batch)
 		clear(batch) // drop references to answered rows
+	}
+}
+
+func (w *Writer) flushLastUsed() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*BusyTimeout)
+	defer cancel()
+	if err := w.db.FlushLastUsed(ctx); err != nil {
+		w.log.Warn("storage: store the last use of keys", "err", err)
 	}
 }
 
@@ -231,6 +344,7 @@ func (w *Writer) answer(batch []*writeReq, err error) {
 // as SQLite returns its rows in no defined order.
 func (w *Writer) insert(rows []*InferenceLog) error {
 	ctx := context.Background() // the rows are handed over: finish even if their callers leave
+	start := time.Now()
 	tx, err := w.db.w.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -259,9 +373,14 @@ func (w *Writer) insert(rows []*InferenceLog) error {
 	if err := tx.Commit(); err != nil {
 		return err
 	}
+	took := time.Since(start)
 	for i, r := range rows {
 		r.ID = ids[i]
 	}
+	w.hmu.Lock()
+	w.batches.observe(float64(len(rows)))
+	w.commitSeconds.observe(took.Seconds())
+	w.hmu.Unlock()
 	return nil
 }
 

@@ -440,6 +440,102 @@ func TestLogRowCommittedBeforeResponse(t *testing.T) {
 	}
 }
 
+// TestKeyLookupBesideWriteLock holds the database's write lock from another
+// connection, as TestLogRowCommittedBeforeResponse does: a key that was never
+// used (whose last use must be stored) still authenticates, an unknown key is
+// still refused, and usage is still read, each long before the busy timeout
+// that a write on the request path would wait for.
+func TestKeyLookupBesideWriteLock(t *testing.T) {
+	e := newEnv(t)
+	raw, err := sql.Open("sqlite3", "file:"+e.dbPath+"?_busy_timeout=10000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	ctx := context.Background()
+	conn, err := raw.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.ExecContext(ctx, "ROLLBACK")
+	unknown, err := storage.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, key string
+		status    int
+	}{
+		{"usage with a key never used", e.key, 200},
+		{"unknown key", unknown, 401},
+		{"usage again", e.key, 200},
+	} {
+		start := time.Now()
+		resp, body := e.do(t, "GET", "/v1/usage", tc.key, "", nil)
+		if resp.StatusCode != tc.status {
+			t.Fatalf("%s: %d %s", tc.name, resp.StatusCode, body)
+		}
+		if d := time.Since(start); d >= storage.BusyTimeout {
+			t.Fatalf("%s: answered after %v, as late as a write waiting for the lock", tc.name, d)
+		}
+	}
+}
+
+// TestWriterMetrics scrapes the log writer's metrics from the real router
+// after a committed row and a failed one.
+func TestWriterMetrics(t *testing.T) {
+	e := newEnv(t)
+	if code := e.do2(t, "POST", "/v1/classify", e.key, "image/png", smallPNG(t)); code != 200 {
+		t.Fatalf("classify: %d", code)
+	}
+	// A row the database refuses (its session does not exist) fails alone.
+	p, err := e.db.Authenticate(context.Background(), e.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := "no-such-session"
+	bad := &storage.InferenceLog{UserID: p.User.ID, APIKeyID: p.Key.ID, SessionID: &missing, Transport: storage.TransportWS,
+		APIVersion: "v1", Model: "m", Status: 200}
+	if err := e.writer.Write(context.Background(), bad); err == nil {
+		t.Fatal("a row of an unknown session was committed")
+	}
+	resp, body := e.do(t, "GET", "/metrics", "", "", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("/metrics: %d", resp.StatusCode)
+	}
+	lines := map[string]bool{}
+	for _, l := range strings.Split(string(body), "\n") {
+		lines[l] = true
+	}
+	for _, want := range []string{
+		"# TYPE infergate_log_rows_queued gauge",
+		"infergate_log_rows_queued 0",
+		"# TYPE infergate_log_rows_failed_total counter",
+		"infergate_log_rows_failed_total 1",
+		"infergate_log_commits_total 1",
+		"infergate_log_rows_total 1",
+		"# TYPE infergate_log_batch_rows histogram",
+		`infergate_log_batch_rows_bucket{le="1"} 1`,
+		`infergate_log_batch_rows_bucket{le="+Inf"} 1`,
+		"infergate_log_batch_rows_sum 1",
+		"infergate_log_batch_rows_count 1",
+		"# TYPE infergate_log_commit_duration_seconds histogram",
+		`infergate_log_commit_duration_seconds_bucket{le="+Inf"} 1`,
+		"infergate_log_commit_duration_seconds_count 1",
+	} {
+		if !lines[want] {
+			t.Errorf("/metrics lacks the line %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", body)
+	}
+}
+
 func TestPublicRoutes(t *testing.T) {
 	e := newEnv(t)
 	e.do2(t, "POST", "/v1/classify", e.key, "image/png", smallPNG(t))

@@ -3,6 +3,8 @@ package transport
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/infergate/infergate/storage"
 )
 
 // metrics are the server's Prometheus collectors, on a registry of the server's own so
@@ -23,7 +25,7 @@ type metrics struct {
 // tail that matters (queueing under load) is in the hundreds.
 var latencyBuckets = prometheus.ExponentialBuckets(0.001, 2, 13)
 
-func newMetrics(queueLen func() float64, writer func() (commits, rows float64)) *metrics {
+func newMetrics(queueLen func() float64, writer func() storage.WriterStats) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -56,12 +58,51 @@ func newMetrics(queueLen func() float64, writer func() (commits, rows float64)) 
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "infergate_inference_queue_length", Help: "Images waiting for a model worker.",
 		}, queueLen),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "infergate_log_commits_total", Help: "Transactions committed by the inference log writer.",
-		}, func() float64 { c, _ := writer(); return c }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "infergate_log_rows_total", Help: "Inference log rows committed.",
-		}, func() float64 { _, r := writer(); return r }),
+		newWriterCollector(writer),
 	)
 	return m
+}
+
+// writerCollector exports the inference log writer's counters and histograms,
+// read from one WriterStats per scrape so that they agree with each other.
+type writerCollector struct {
+	stats                                          func() storage.WriterStats
+	commits, rows, failed, queued, batch, duration *prometheus.Desc
+}
+
+func newWriterCollector(stats func() storage.WriterStats) *writerCollector {
+	desc := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
+	return &writerCollector{
+		stats:    stats,
+		commits:  desc("infergate_log_commits_total", "Transactions committed by the inference log writer."),
+		rows:     desc("infergate_log_rows_total", "Inference log rows committed."),
+		failed:   desc("infergate_log_rows_failed_total", "Inference log rows whose commit failed (no result is sent for them)."),
+		queued:   desc("infergate_log_rows_queued", "Inference log rows waiting for the writer now."),
+		batch:    desc("infergate_log_batch_rows", "Rows per committed transaction of the inference log writer (group commit)."),
+		duration: desc("infergate_log_commit_duration_seconds", "Time to commit one batch of inference log rows, from asking for the write connection (waiting for it and for the lock included) to the end of COMMIT and its fsync."),
+	}
+}
+
+func (c *writerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.commits, c.rows, c.failed, c.queued, c.batch, c.duration} {
+		ch <- d
+	}
+}
+
+func (c *writerCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.stats()
+	ch <- prometheus.MustNewConstMetric(c.commits, prometheus.CounterValue, float64(st.Commits))
+	ch <- prometheus.MustNewConstMetric(c.rows, prometheus.CounterValue, float64(st.Rows))
+	ch <- prometheus.MustNewConstMetric(c.failed, prometheus.CounterValue, float64(st.Failed))
+	ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(st.Queued))
+	ch <- constHistogram(c.batch, st.Batches)
+	ch <- constHistogram(c.duration, st.CommitSeconds)
+}
+
+func constHistogram(d *prometheus.Desc, h storage.Histogram) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(h.Bounds))
+	for i, b := range h.Bounds {
+		buckets[b] = h.Counts[i]
+	}
+	return prometheus.MustNewConstHistogram(d, h.Count, h.Sum, buckets)
 }

@@ -119,7 +119,7 @@ func New(cfg Config) *Server {
 	}
 	s.metrics = newMetrics(
 		func() float64 { return float64(s.cls.QueueLen()) },
-		func() (float64, float64) { st := s.writer.Stats(); return float64(st.Commits), float64(st.Rows) },
+		s.writer.Stats,
 	)
 	s.requestLimiter = ratelimit.NewKeyed[int64](time.Minute, s.now)
 	s.pipeline = &session.Pipeline{

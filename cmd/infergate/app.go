@@ -38,7 +38,14 @@ type Main struct {
 	serveErr   chan error
 	closeOnce  sync.Once
 	closeErr   error
+
+	stopRetention context.CancelFunc // ends the pruning of old logs
+	retentionDone chan struct{}      // closed when it has ended
 }
+
+// closeAbandoned is the close code of the sessions a crashed process left open:
+// 1006, the WebSocket code for a connection that ended without a close frame.
+const closeAbandoned = 1006
 
 // NewMain returns a Main for cfg; Run starts it.
 func NewMain(cfg config, stdout, stderr io.Writer) *Main {
@@ -55,6 +62,9 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.log, err = newLogger(c.logLevel, c.logFormat, m.stderr); err != nil {
 		return err
 	}
+	if c.logPruneInterval <= 0 || c.logPruneBatch <= 0 {
+		return errors.New("--log-prune-interval and --log-prune-batch must be positive")
+	}
 	m.DB, err = storage.Open(ctx, c.db)
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
@@ -62,6 +72,23 @@ func (m *Main) Run(ctx context.Context) error {
 	m.Writer = storage.NewWriter(m.DB, storage.WriterOptions{Logger: m.log})
 	if err := m.ensureDemoUser(ctx); err != nil {
 		return err
+	}
+	// One process serves a SQLite database, so a session still open now was left
+	// so by a previous run that died; the CLI never does this.
+	if n, err := m.DB.EndAbandonedSessions(ctx, closeAbandoned); err != nil {
+		return err
+	} else if n > 0 {
+		m.log.Warn("ended the sessions a previous run left open", "sessions", n, "close_code", closeAbandoned)
+	}
+	if c.logRetention > 0 {
+		rctx, cancel := context.WithCancel(context.Background())
+		m.stopRetention, m.retentionDone = cancel, make(chan struct{})
+		go func() {
+			defer close(m.retentionDone)
+			m.DB.RunRetention(rctx, storage.Retention{
+				Keep: time.Duration(c.logRetention), Every: c.logPruneInterval, Batch: c.logPruneBatch, Logger: m.log,
+			})
+		}()
 	}
 	if m.Classifier, err = m.loadModel(); err != nil {
 		return err
@@ -182,7 +209,8 @@ func (m *Main) ensureDemoUser(ctx context.Context) error {
 
 // Close shuts down in order, each step bounded by the shutdown timeout: stop
 // accepting, end streams after answering their frames in flight (1001), wait for
-// requests, flush the log writer, close the database and the model. Idempotent.
+// requests, close the model, stop pruning old logs, flush the log writer, close
+// the database. Idempotent.
 func (m *Main) Close() error {
 	m.closeOnce.Do(func() { m.closeErr = m.close() })
 	return m.closeErr
@@ -218,6 +246,10 @@ func (m *Main) close() error {
 	if m.Classifier != nil {
 		m.Classifier.Close()
 		ort.Destroy()
+	}
+	if m.stopRetention != nil {
+		m.stopRetention() // a batch being deleted rolls back; the next start prunes again
+		<-m.retentionDone
 	}
 	if m.Writer != nil {
 		if err := m.Writer.Close(ctx); err != nil {

@@ -156,3 +156,42 @@ func usageCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	enc.SetIndent("", "  ")
 	return enc.Encode(rep)
 }
+
+func logsCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "prune" {
+		return errors.New("logs: want prune --older-than AGE [--dry-run]")
+	}
+	fs := flag.NewFlagSet("logs prune", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var olderThan age
+	fs.Var(&olderThan, "older-than", "delete inference log rows older than this: whole days (30d) or a Go duration (36h); required")
+	dryRun := fs.Bool("dry-run", false, "only count the rows that would be deleted")
+	batch := fs.Int("batch", storage.DefaultPruneBatch, "rows deleted per transaction; a running server's log writer may wait for one batch")
+	var dbPath string
+	db, err := openDB(ctx, fs, args[1:], &dbPath)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if olderThan <= 0 {
+		return errors.New("logs prune: --older-than is required, and must be positive")
+	}
+	if *batch <= 0 {
+		return errors.New("logs prune: --batch must be positive")
+	}
+	before := time.Now().Add(-time.Duration(olderThan)).UTC()
+	if *dryRun {
+		n, err := db.CountLogs(ctx, before)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "would delete %d inference log rows created before %s\n", n, before.Format(time.RFC3339))
+		return nil
+	}
+	n, err := db.PruneLogs(ctx, before, *batch)
+	if err != nil {
+		return fmt.Errorf("logs prune (%d rows deleted): %w", n, err)
+	}
+	fmt.Fprintf(stdout, "deleted %d inference log rows created before %s\n", n, before.Format(time.RFC3339))
+	return nil
+}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/infergate/infergate/storage"
 )
 
 // config is everything `infergate serve` can be told, by flag or INFERGATE_* variable.
@@ -29,6 +31,9 @@ type config struct {
 	replay, maxStreams, maxBodies   int
 	shutdownTimeout                 time.Duration
 	logLevel, logFormat             string
+	logRetention                    age
+	logPruneInterval                time.Duration
+	logPruneBatch                   int
 }
 
 // envName is the environment variable of a flag: INFERGATE_ + upper snake case.
@@ -74,6 +79,9 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.IntVar(&c.replay, "replay", 256, "SSE events kept per session for Last-Event-ID")
 	fs.IntVar(&c.maxStreams, "max-streams", 1024, "streams and SSE sessions open on the server, all users together (503 overloaded above)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "longest a graceful shutdown takes before connections are cut")
+	fs.Var(&c.logRetention, "log-retention", "delete inference log rows older than this, e.g. 90d or 36h (0, the default, keeps them forever); usage then covers the kept window")
+	fs.DurationVar(&c.logPruneInterval, "log-prune-interval", time.Hour, "how often old inference log rows are deleted, with --log-retention")
+	fs.IntVar(&c.logPruneBatch, "log-prune-batch", storage.DefaultPruneBatch, "inference log rows deleted per transaction; the log writer may wait for one batch")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	return fs
@@ -111,6 +119,45 @@ func parseInterspersed(fs *flag.FlagSet, args []string) error {
 		args = fs.Args()[1:]
 	}
 	return fs.Parse(append([]string{"--"}, pos...))
+}
+
+// age is a duration flag that also takes whole days, "90d", as retention is
+// counted in days. 0 means none.
+type age time.Duration
+
+// maxDays keeps a number of days far from overflowing a time.Duration.
+const maxDays = 100_000
+
+func (a *age) String() string {
+	d := time.Duration(*a)
+	switch {
+	case d == 0:
+		return "0"
+	case d%(24*time.Hour) == 0:
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
+}
+
+func (a *age) Set(s string) error {
+	var d time.Duration
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.ParseUint(n, 10, 32)
+		if err != nil || days > maxDays {
+			return fmt.Errorf("want whole days, as 30d, or a Go duration, as 36h; got %q", s)
+		}
+		d = time.Duration(days) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return fmt.Errorf("want whole days, as 30d, or a Go duration, as 36h; got %q", s)
+		}
+	}
+	if d < 0 {
+		return fmt.Errorf("%q is negative", s)
+	}
+	*a = age(d)
+	return nil
 }
 
 // floats3 parses "a,b,c".

@@ -6,6 +6,8 @@
 //	infergate keys list | revoke PREFIX
 //	infergate users disable --email E  close a user's streams, refuse its keys
 //	infergate usage --email E          a user's usage report
+//	infergate logs prune --older-than 30d [--dry-run]
+//	                                   delete old inference logs
 //
 // Every flag of serve has an INFERGATE_* environment variable; see --help.
 package main
@@ -45,6 +47,8 @@ commands:
   keys revoke PREFIX             revoke a key; its open streams close within seconds
   users disable --email E        disable a user: its keys stop working
   usage --email E [--since T]    print a user's usage report
+  logs prune --older-than AGE [--dry-run] [--batch N]
+                                 delete inference log rows older than AGE (30d, 36h)
   version                        print the version
 
 Every command takes --db (env INFERGATE_DB, default data/infergate.db).
@@ -65,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usersCommand(ctx, rest, stdout, stderr)
 	case "usage":
 		return usageCommand(ctx, rest, stdout, stderr)
+	case "logs":
+		return logsCommand(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "infergate", version)
 		return nil

@@ -20,6 +20,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/infergate/infergate/internal/testenv"
+	"github.com/infergate/infergate/storage"
 )
 
 // binary builds the real infergate once per test run.
@@ -47,6 +48,11 @@ func startServer(t *testing.T, bin string, env ...string) *server {
 	t.Helper()
 	dir := t.TempDir()
 	db := filepath.Join(dir, "data", "infergate.db")
+	for _, kv := range env { // a database of the test's own
+		if v, ok := strings.CutPrefix(kv, "INFERGATE_DB="); ok {
+			db = v
+		}
+	}
 	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--revocation-poll", "200ms")
 	cmd.Env = append(os.Environ(),
 		"INFERGATE_DB="+db,
@@ -243,6 +249,13 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve"}, []string{"INFERGATE_MAX_PIXELS=lots"}, "INFERGATE_MAX_PIXELS"},
 		{[]string{"keys", "create"}, nil, "--email is required"},
 		{[]string{"keys", "revoke"}, nil, "prefix"},
+		{[]string{"logs"}, nil, "want prune"},
+		{[]string{"logs", "prune"}, nil, "--older-than is required"},
+		{[]string{"logs", "prune", "--older-than", "-3d"}, nil, "invalid value"},
+		{[]string{"logs", "prune", "--older-than", "3d", "--batch", "0"}, nil, "--batch must be positive"},
+		{[]string{"serve", "--log-retention", "1.5d"}, nil, "whole days"},
+		{[]string{"serve"}, []string{"INFERGATE_LOG_RETENTION=forever"}, "INFERGATE_LOG_RETENTION"},
+		{[]string{"serve", "--log-prune-batch", "0"}, nil, "must be positive"},
 	}
 	for _, tc := range cases {
 		for _, kv := range tc.env {
@@ -272,4 +285,232 @@ func TestEnvNames(t *testing.T) {
 			t.Errorf("no flag for %s", want)
 		}
 	}
+}
+
+func TestAge(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		str  string
+	}{
+		{"0", 0, "0"},
+		{"30d", 30 * 24 * time.Hour, "30d"},
+		{"1d", 24 * time.Hour, "1d"},
+		{"36h", 36 * time.Hour, "36h0m0s"},
+		{"48h", 48 * time.Hour, "2d"},
+		{"90m", 90 * time.Minute, "1h30m0s"},
+	} {
+		var a age
+		if err := a.Set(tc.in); err != nil || time.Duration(a) != tc.want || a.String() != tc.str {
+			t.Errorf("Set(%q) = %v, %v (%s); want %v (%s)", tc.in, time.Duration(a), err, a.String(), tc.want, tc.str)
+		}
+	}
+	for _, bad := range []string{"", "d", "-1d", "1.5d", "-5h", "30 d", "ten days", "100001d", "99999999999d"} {
+		var a age
+		if err := a.Set(bad); err == nil {
+			t.Errorf("Set(%q) = nil, want an error", bad)
+		}
+	}
+}
+
+// writeLogs writes POST log rows of user email (created with a key if new) at the
+// given times, through a second handle on the database, as another process would.
+func writeLogs(t *testing.T, path, email string, at ...time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	db, err := storage.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	u, err := db.UserByEmail(ctx, email)
+	var keyID int64
+	if err == nil {
+		keys, err := db.ListKeys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if k.UserID == u.ID {
+				keyID = k.ID
+			}
+		}
+	} else {
+		var k *storage.APIKey
+		if _, k, u, err = db.CreateKey(ctx, email, storage.Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		keyID = k.ID
+	}
+	w := storage.NewWriter(db, storage.WriterOptions{})
+	defer w.Close(ctx)
+	for _, ts := range at {
+		if err := w.Write(ctx, &storage.InferenceLog{UserID: u.ID, APIKeyID: keyID, Transport: storage.TransportPOST,
+			APIVersion: "v1", Model: "m", Status: 200, CreatedAt: ts}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// countLogs counts the log rows of the database at path.
+func countLogs(t *testing.T, path string) int {
+	t.Helper()
+	db, err := storage.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	n, err := db.Bun.NewSelect().Model((*storage.InferenceLog)(nil)).Count(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(n)
+}
+
+func sessionRow(t *testing.T, path, id string) *storage.Session {
+	t.Helper()
+	db, err := storage.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s, err := db.SessionByID(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestHousekeeping drives the real binary: a session left open by a killed server
+// is ended by the next start and by nothing else; logs prune works beside a running
+// server; and serve --log-retention prunes by itself.
+func TestHousekeeping(t *testing.T) {
+	bin := binary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dog := testenv.ReadImage(t, "dog.jpg")
+
+	t.Run("crash leaves a session that the next start ends", func(t *testing.T) {
+		s := startServer(t, bin)
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(s.url, "http")+"/v1/stream", &websocket.DialOptions{
+			HTTPHeader: http.Header{"Authorization": {"Bearer " + s.key}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		var ready struct {
+			SessionID string `json:"session_id"`
+		}
+		if _, msg, err := c.Read(ctx); err != nil || json.Unmarshal(msg, &ready) != nil || ready.SessionID == "" {
+			t.Fatalf("ready: %s %v", msg, err)
+		}
+		for range 2 {
+			if err := c.Write(ctx, websocket.MessageBinary, dog); err != nil {
+				t.Fatal(err)
+			}
+			if _, msg, err := c.Read(ctx); err != nil || !bytes.Contains(msg, []byte(`"type":"result"`)) {
+				t.Fatalf("result: %s %v", msg, err)
+			}
+		}
+		// CLI commands beside the server leave its open session alone.
+		cli(t, bin, s.db, "keys", "list")
+		cli(t, bin, s.db, "logs", "prune", "--older-than", "1d")
+		if st := sessionRow(t, s.db, ready.SessionID); st.EndedAt != nil {
+			t.Fatalf("a CLI command ended the live session: %+v", st)
+		}
+
+		s.cmd.Process.Kill() // a crash: no close, no end recorded
+		s.cmd.Wait()
+		if st := sessionRow(t, s.db, ready.SessionID); st.EndedAt != nil {
+			t.Fatalf("session ended by a killed server: %+v", st)
+		}
+		var last time.Time
+		{
+			db, err := storage.Open(ctx, s.db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Bun.NewRaw("SELECT max(created_at) FROM inference_logs WHERE session_id = ?", ready.SessionID).Scan(ctx, &last); err != nil {
+				t.Fatal(err)
+			}
+			db.Close()
+		}
+
+		s2 := startServer(t, bin, "INFERGATE_DB="+s.db)
+		st := sessionRow(t, s.db, ready.SessionID)
+		if st.EndedAt == nil || !st.EndedAt.Equal(last) || st.CloseCode == nil || *st.CloseCode != 1006 || st.FramesReceived != 2 {
+			t.Fatalf("after restart: %+v (ended %v), want ended at its last frame %v, close 1006, 2 frames", st, st.EndedAt, last)
+		}
+		s2.cmd.Process.Signal(syscall.SIGTERM)
+		s2.cmd.Wait()
+		if !strings.Contains(s2.stderr.String(), "ended the sessions a previous run left open") {
+			t.Errorf("no log line about the ended sessions:\n%s", s2.stderr)
+		}
+	})
+
+	t.Run("logs prune beside a running server", func(t *testing.T) {
+		s := startServer(t, bin)
+		old := time.Now().Add(-40 * 24 * time.Hour)
+		writeLogs(t, s.db, "old@test", old, old.Add(time.Hour), old.Add(2*time.Hour), time.Now())
+
+		if out := cli(t, bin, s.db, "logs", "prune", "--older-than", "30d", "--dry-run"); !strings.HasPrefix(out, "would delete 3 inference log rows created before ") {
+			t.Fatalf("dry run printed %q", out)
+		}
+		if n := countLogs(t, s.db); n != 4 {
+			t.Fatalf("%d rows after a dry run, want 4", n)
+		}
+		// The server logs meanwhile.
+		if code, body := s.post(t, "/v1/classify", s.key, "image/jpeg", dog); code != 200 {
+			t.Fatalf("classify: %d %s", code, body)
+		}
+		if out := cli(t, bin, s.db, "logs", "prune", "--older-than", "30d", "--batch", "2"); !strings.HasPrefix(out, "deleted 3 inference log rows created before ") {
+			t.Fatalf("prune printed %q", out)
+		}
+		if n := countLogs(t, s.db); n != 2 {
+			t.Fatalf("%d rows after prune, want 2", n)
+		}
+		if code, body := s.post(t, "/v1/classify", s.key, "image/jpeg", dog); code != 200 {
+			t.Fatalf("classify after prune: %d %s", code, body)
+		}
+		// Usage says which window it covers.
+		var u struct {
+			Total int64      `json:"total_requests"`
+			Since *time.Time `json:"since"`
+		}
+		if err := json.Unmarshal([]byte(cli(t, bin, s.db, "usage", "--email", "old@test")), &u); err != nil {
+			t.Fatal(err)
+		}
+		if u.Total != 1 || u.Since == nil || time.Since(*u.Since) < 30*24*time.Hour || time.Since(*u.Since) > 31*24*time.Hour {
+			t.Fatalf("usage after prune: %+v", u)
+		}
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		s.cmd.Wait()
+	})
+
+	t.Run("serve --log-retention prunes", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "infergate.db")
+		old := time.Now().Add(-3 * 24 * time.Hour)
+		writeLogs(t, path, "old@test", old, old.Add(time.Minute), time.Now().Add(-time.Hour))
+		s := startServer(t, bin, "INFERGATE_DB="+path, "INFERGATE_LOG_RETENTION=2d", "INFERGATE_LOG_PRUNE_BATCH=1")
+		waitUntil(t, "the server pruned the rows older than 2 days", func() bool { return countLogs(t, path) == 1 })
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		if err := s.cmd.Wait(); err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+		if !strings.Contains(s.stderr.String(), "pruned inference logs") || !strings.Contains(s.stderr.String(), "rows=2") {
+			t.Errorf("no log line of the prune:\n%s", s.stderr)
+		}
+	})
 }
