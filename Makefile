@@ -4,9 +4,11 @@
 GO          ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 5s
+CHAOS_COUNT ?= 20
+CHAOS_DISK  ?= 1
 export CGO_ENABLED := 1
 
-.PHONY: all setup run build test test-setup test-go test-fuzz test-python test-browser test-deps fmt lint check-tidy bench clean
+.PHONY: all setup run build test test-setup test-go test-fuzz test-python test-browser test-deps fmt lint check-tidy bench chaos clean
 
 all: build
 
@@ -67,6 +69,16 @@ check-tidy:
 ## bench: raw ONNX Runtime throughput vs the server under load, same run (out/bench/)
 bench: setup
 	@bash scripts/bench.sh
+
+## chaos: kill -9 the server CHAOS_COUNT times under mixed load, checking the database after
+## each restart, then fill the disk under it (root: mounts a tmpfs; CHAOS_DISK=0 skips that).
+## Not part of test. The JSON report goes to out/chaos.json.
+chaos: setup
+	$(GO) build -o bin/infergate ./cmd/infergate
+	$(GO) build -o bin/chaos ./cmd/chaos
+	@mkdir -p out
+	@bin/chaos --infergate bin/infergate --count $(CHAOS_COUNT) --disk=$(CHAOS_DISK) >out/chaos.json; \
+		rc=$$?; cat out/chaos.json; exit $$rc
 
 clean:
 	rm -rf bin out

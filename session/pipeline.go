@@ -49,6 +49,7 @@ type Request struct {
 	APIVersion string // v1 or v2
 	SessionID  string // "" for POST
 	Seq        int64  // 0 for POST
+	RequestID  string // the X-Request-ID of a POST; "" for stream frames
 	Image      []byte
 	TopK       int
 	Start      time.Time // when the request or frame was read; zero = now
@@ -137,6 +138,10 @@ func (p *Pipeline) row(req *Request, out *Outcome) *storage.InferenceLog {
 	if req.SessionID != "" {
 		id, seq := req.SessionID, req.Seq
 		row.SessionID, row.Seq = &id, &seq
+	}
+	if req.RequestID != "" {
+		id := req.RequestID
+		row.RequestID = &id
 	}
 	if out.Code != "" {
 		code := out.Code

@@ -103,6 +103,16 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		// The X-Request-ID of a POST, so that an answer a client holds can be
+		// matched to its row (stream frames have session_id and seq). No index:
+		// it is looked up by hand or by the chaos check, never on a hot path.
+		version: 3,
+		name:    "inference_logs.request_id",
+		stmts: []string{
+			`ALTER TABLE inference_logs ADD COLUMN request_id TEXT`,
+		},
+	},
 }
 
 // SchemaVersion is the schema version this package migrates to.

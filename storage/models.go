@@ -68,8 +68,9 @@ type Session struct {
 }
 
 // InferenceLog is a row of the inference_logs table: one admitted frame or
-// request, success or failure. SessionID and Seq are nil for POST requests;
-// the Top* fields are nil when the inference failed.
+// request, success or failure. SessionID and Seq are nil for POST requests,
+// RequestID (the request's X-Request-ID) is nil for stream frames; the Top*
+// fields are nil when the inference failed.
 type InferenceLog struct {
 	bun.BaseModel `bun:"table:inference_logs"`
 
@@ -78,6 +79,7 @@ type InferenceLog struct {
 	APIKeyID      int64     `bun:"api_key_id" json:"api_key_id"`
 	SessionID     *string   `bun:"session_id" json:"session_id"`
 	Seq           *int64    `bun:"seq" json:"seq"`
+	RequestID     *string   `bun:"request_id" json:"request_id"`
 	Transport     string    `bun:"transport" json:"transport"`
 	APIVersion    string    `bun:"api_version" json:"api_version"`
 	Model         string    `bun:"model" json:"model"`

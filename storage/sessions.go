@@ -20,7 +20,7 @@ const maxTextLen = 512
 // made valid UTF-8 without NUL bytes and cut to 512 bytes. Call it before
 // writing inference logs of the session: their session_id refers to it.
 // Errors: ErrInvalid for a transport other than "ws" and "sse" or a missing
-// user or key id.
+// user or key id; ErrFull when the disk is full.
 func (db *DB) StartSession(ctx context.Context, s *Session) error {
 	if s.Transport != TransportWS && s.Transport != TransportSSE {
 		return fmt.Errorf("%w: session transport %q", ErrInvalid, s.Transport)
@@ -45,7 +45,7 @@ func (db *DB) StartSession(ctx context.Context, s *Session) error {
 		return fmt.Errorf("%w: session id", ErrInvalid)
 	}
 	if _, err := db.w.NewInsert().Model(s).Exec(ctx); err != nil {
-		return fmt.Errorf("storage: start session: %w", err)
+		return fmt.Errorf("storage: start session: %w", markFull(err))
 	}
 	return nil
 }

@@ -180,7 +180,8 @@ func NewWriter(db *DB, opt WriterOptions) *Writer {
 // commit whatever ctx does, so a caller never sends a result whose row was
 // not committed. Errors: ErrInvalid for a row the schema would refuse (no
 // user or key, unknown transport, no status, NaN or infinite numbers, NUL
-// bytes), ErrClosed after Close, or the error of the commit.
+// bytes), ErrClosed after Close, or the error of the commit (with ErrFull
+// when the disk is full).
 func (w *Writer) Write(ctx context.Context, row *InferenceLog) error {
 	if err := checkRow(row); err != nil {
 		return err
@@ -327,7 +328,7 @@ func (w *Writer) answer(batch []*writeReq, err error) {
 	if err != nil {
 		w.failed.Add(int64(len(batch)))
 		w.log.Error("storage: write inference logs", "rows", len(batch), "err", err)
-		err = fmt.Errorf("storage: write inference log: %w", err)
+		err = fmt.Errorf("storage: write inference log: %w", markFull(err))
 	} else {
 		w.commits.Add(1)
 		w.rows.Add(int64(len(batch)))

@@ -48,6 +48,7 @@ func (s *Server) handleClassify(version string) http.HandlerFunc {
 			Principal:  principal(r.Context()),
 			Transport:  "post",
 			APIVersion: version,
+			RequestID:  requestID(r.Context()),
 			Start:      s.now(),
 		}
 		if !s.takeBody() {

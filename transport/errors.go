@@ -90,6 +90,15 @@ func errorf(code, format string, args ...any) *Error {
 // usually drains within a few inference times.
 const overloadedRetry = time.Second
 
+// fullRetry is what answers refused for a full disk suggest as Retry-After: space
+// comes back when someone frees it, seldom within a second, and clients that retry
+// sooner only add load.
+const fullRetry = 5 * time.Second
+
+// errFull answers what cannot be done because the database's disk is full: results
+// (whose log row cannot be committed) and new streams (whose session row cannot).
+var errFull = &Error{Code: CodeUnavailable, Message: "the server cannot record results now: its database is full; try again later", RetryAfter: fullRetry}
+
 // toError maps any error from the layers below to a client error. Errors it does not
 // know are internal: the caller logs them, the client sees only "internal".
 func toError(err error) *Error {
@@ -105,6 +114,8 @@ func toError(err error) *Error {
 		return &Error{Code: CodeOverloaded, Message: "the inference queue is full; try again shortly", RetryAfter: overloadedRetry}
 	case errors.Is(err, infer.ErrClosed):
 		return &Error{Code: CodeUnavailable, Message: "the model is not loaded"}
+	case errors.Is(err, storage.ErrFull):
+		return errFull
 	case errors.Is(err, storage.ErrUnauthorized):
 		return &Error{Code: CodeUnauthorized, Message: "unknown or revoked API key"}
 	case errors.Is(err, context.DeadlineExceeded):

@@ -271,6 +271,39 @@ func TestRequestID(t *testing.T) {
 	}
 }
 
+// TestRequestIDLogged checks that a POST's log row carries the request id its
+// client was answered with, success or failure, chosen by the client or not.
+func TestRequestIDLogged(t *testing.T) {
+	e := newEnv(t)
+	dog := testenv.ReadImage(t, "dog.jpg")
+	cases := []struct {
+		name, sent, ct string
+		body           []byte
+		status         int
+	}{
+		{"result", "rid-result", "image/jpeg", dog, 200},
+		{"invalid image", "rid-bad", "image/jpeg", []byte("not an image"), 400},
+		{"chosen by the server", "", "image/jpeg", dog, 200},
+	}
+	for _, tc := range cases {
+		resp, body := e.do(t, "POST", "/v1/classify", e.key, tc.ct, tc.body, "X-Request-ID", tc.sent)
+		if resp.StatusCode != tc.status {
+			t.Fatalf("%s: %d %s", tc.name, resp.StatusCode, body)
+		}
+		id := resp.Header.Get("X-Request-ID")
+		if tc.sent != "" && id != tc.sent {
+			t.Fatalf("%s: X-Request-ID %q, want %q", tc.name, id, tc.sent)
+		}
+		var row storage.InferenceLog
+		if err := e.db.Bun.NewSelect().Model(&row).Where("request_id = ?", id).Scan(context.Background()); err != nil {
+			t.Fatalf("%s: no log row with request_id %q: %v", tc.name, id, err)
+		}
+		if row.Status != tc.status || row.Transport != "post" {
+			t.Errorf("%s: row has status %d, transport %s", tc.name, row.Status, row.Transport)
+		}
+	}
+}
+
 func TestRateLimitPOST(t *testing.T) {
 	clk := newClock()
 	e := newEnv(t, withClock(clk))

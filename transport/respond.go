@@ -40,13 +40,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.ErrorContext(r.Context(), "internal error", "err", err, "request_id", requestID(r.Context()))
 	}
 	h := w.Header()
-	switch e.Code {
-	case CodeUnauthorized:
+	if e.Code == CodeUnauthorized {
 		h.Set("WWW-Authenticate", `Bearer realm="infergate"`)
-	case CodeRateLimited, CodeOverloaded:
-		if e.RetryAfter > 0 {
-			h.Set("Retry-After", strconv.Itoa(ceilSeconds(e.RetryAfter)))
-		}
+	}
+	if e.RetryAfter > 0 { // rate_limited, overloaded, unavailable for a full disk
+		h.Set("Retry-After", strconv.Itoa(ceilSeconds(e.RetryAfter)))
 	}
 	writeJSON(w, e.Status(), errorBody{
 		Error:     errorDetail{Code: e.Code, Message: e.Message},
