@@ -406,8 +406,8 @@ func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*stor
 		return nil, errorf(CodeInvalidRequest, "the first message must be a text auth message")
 	}
 	var m clientMessage
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, errorf(CodeInvalidRequest, "the first message is not JSON")
+	if err := strictUnmarshal(data, &m); err != nil {
+		return nil, toError(err)
 	}
 	switch m.Type {
 	case "auth":
@@ -415,6 +415,9 @@ func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*stor
 		return nil, errorf(CodeUnauthorized, `authenticate first: send {"type":"auth","api_key":...}`)
 	default:
 		return nil, errorf(CodeInvalidRequest, "unknown message type before auth")
+	}
+	if m.ID != nil || m.Image != nil || m.TopK != nil {
+		return nil, errorf(CodeInvalidRequest, `an auth message has only "type" and "api_key"`)
 	}
 	if m.APIKey == nil || *m.APIKey == "" {
 		return nil, errorf(CodeUnauthorized, "missing api_key")
