@@ -174,7 +174,13 @@ func (s *Server) routes() chi.Router {
 	r.Get("/openapi.json", serveFile(web.API(), "openapi.json", "application/json"))
 	r.Get("/docs", serveFile(web.API(), "docs.html", "text/html; charset=utf-8"))
 	r.Get("/demo", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, "/demo/", http.StatusMovedPermanently)
+		// The query picks the demo's transport (?transport=sse): it must survive.
+		// http.FileServer's own redirects below /demo/ keep it too.
+		target := "/demo/"
+		if r.URL.RawQuery != "" {
+			target += "?" + r.URL.RawQuery
+		}
+		http.Redirect(w, r, target, http.StatusMovedPermanently)
 	})
 	r.Handle("/demo/*", http.StripPrefix("/demo/", http.FileServerFS(web.Demo())))
 	r.Get("/v1/model/info", s.handleModelInfo)

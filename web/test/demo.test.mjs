@@ -143,6 +143,10 @@ describe('demo page', { timeout: 15 * 60_000 }, () => {
     const res = await fetch(`${BASE}/demo`, { redirect: 'manual' });
     assert.ok([301, 302, 307, 308].includes(res.status), `status ${res.status}`);
     assert.equal(new URL(res.headers.get('location'), BASE).pathname, '/demo/');
+    // The query, which forces a transport, survives the redirect.
+    const forced = await fetch(`${BASE}/demo?transport=sse`, { redirect: 'manual' });
+    const to = new URL(forced.headers.get('location'), BASE);
+    assert.equal(to.pathname + to.search, '/demo/?transport=sse');
   });
 
   test('a picked photo is classified over the WebSocket', { timeout: TEST_TIMEOUT }, async () => {
