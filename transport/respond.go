@@ -39,6 +39,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if e.Code == CodeInternal {
 		s.log.ErrorContext(r.Context(), "internal error", "err", err, "request_id", requestID(r.Context()))
 	}
+	lingerOnError(w, r)
 	h := w.Header()
 	switch e.Code {
 	case CodeUnauthorized:

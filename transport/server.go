@@ -42,6 +42,21 @@ type Limits struct {
 	// overloaded (503) at once, unread, so that many clients cannot make the server
 	// hold many large bodies: MaxBodies x MaxBodyBytes is the most they can take.
 	MaxBodies int
+	// LingerBytes, LingerTime and LingerTimeout bound the lingering close of a
+	// request answered with an error before its body was read (see linger.go): the
+	// rest of the body is read and discarded, up to LingerBytes (default 64 MiB) and
+	// LingerTime in all (default 30 s, nginx's lingering_time), waiting at most
+	// LingerTimeout for each read (default 5 s, nginx's lingering_timeout), so that
+	// a client still sending can read the answer instead of a connection reset.
+	// Larger bounds help clients that send more; smaller ones free connections
+	// sooner.
+	LingerBytes   int64
+	LingerTime    time.Duration
+	LingerTimeout time.Duration
+	// MaxLingers bounds the connections lingering at once, all clients together
+	// (default 64); past it a connection is closed at once, so draining cannot pin
+	// the server.
+	MaxLingers int
 	// Stream holds the limits of WebSocket and SSE sessions.
 	Stream session.Limits
 }
@@ -58,6 +73,18 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxBodies <= 0 {
 		l.MaxBodies = 128
+	}
+	if l.LingerBytes <= 0 {
+		l.LingerBytes = 64 << 20
+	}
+	if l.LingerTime <= 0 {
+		l.LingerTime = 30 * time.Second
+	}
+	if l.LingerTimeout <= 0 {
+		l.LingerTimeout = 5 * time.Second
+	}
+	if l.MaxLingers <= 0 {
+		l.MaxLingers = 64
 	}
 	l.Stream = l.Stream.WithDefaults()
 	return l
@@ -91,6 +118,7 @@ type Server struct {
 
 	sse            sseSessions
 	bodies         chan struct{} // a token per POST body being read or held
+	lingers        chan struct{} // a token per connection draining a refused body
 	requestLimiter *ratelimit.Keyed[int64]
 	router         chi.Router
 }
@@ -108,6 +136,7 @@ func New(cfg Config) *Server {
 	}
 	s.model = s.cls.Info().Name
 	s.bodies = make(chan struct{}, s.limits.MaxBodies)
+	s.lingers = make(chan struct{}, s.limits.MaxLingers)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -159,7 +188,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(withRequestID, s.observe)
+	r.Use(withRequestID, s.withLinger, s.observe)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})

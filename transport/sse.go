@@ -290,6 +290,7 @@ type frameErrorBody struct {
 }
 
 func (s *Server) writeFrameError(w http.ResponseWriter, r *http.Request, e *Error, seq int64, id json.RawMessage) {
+	lingerOnError(w, r)
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(ceilSeconds(e.RetryAfter)))
 	}

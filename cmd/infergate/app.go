@@ -77,6 +77,10 @@ func (m *Main) Run(ctx context.Context) error {
 			MaxBodyBytes:   c.maxBodyBytes,
 			RequestTimeout: c.requestTimeout,
 			MaxBodies:      c.maxBodies,
+			LingerBytes:    c.lingerBytes,
+			LingerTime:     c.lingerTime,
+			LingerTimeout:  c.lingerTimeout,
+			MaxLingers:     c.maxLingers,
 			Stream: session.Limits{
 				MaxInFlight:     c.maxInFlight,
 				MaxMessageBytes: c.maxMessageBytes,

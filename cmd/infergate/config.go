@@ -29,6 +29,9 @@ type config struct {
 	replay, maxStreams, maxBodies   int
 	shutdownTimeout                 time.Duration
 	logLevel, logFormat             string
+	lingerBytes                     int64
+	lingerTime, lingerTimeout       time.Duration
+	maxLingers                      int
 }
 
 // envName is the environment variable of a flag: INFERGATE_ + upper snake case.
@@ -61,6 +64,10 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", 11<<20, "largest JSON request body, bytes")
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 30*time.Second, "longest a POST may take to send its body, and to wait for the model")
 	fs.IntVar(&c.maxBodies, "max-bodies", 128, "POST bodies read or held at once, all clients (503 overloaded above, unread)")
+	fs.Int64Var(&c.lingerBytes, "linger-bytes", 64<<20, "after an error answer to an unread body, bytes of it read and discarded before closing, so a client still sending reads the answer instead of a reset")
+	fs.DurationVar(&c.lingerTime, "linger-time", 30*time.Second, "longest a connection lingers to discard an unread body (nginx's lingering_time)")
+	fs.DurationVar(&c.lingerTimeout, "linger-timeout", 5*time.Second, "longest a lingering connection waits for more of the body (nginx's lingering_timeout)")
+	fs.IntVar(&c.maxLingers, "max-lingers", 64, "connections lingering at once, all clients; past it a connection closes at once")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 4, "frames of one stream being processed at once; the server stops reading past it")
 	fs.Int64Var(&c.maxMessageBytes, "max-message-bytes", 11534336, "largest stream message after auth (1009 above)")
 	fs.Int64Var(&c.maxPreAuth, "max-preauth-bytes", 4096, "largest WebSocket message before auth")
