@@ -85,16 +85,19 @@ const maxNameInMessage = 40
 
 // quoteName quotes a client's field name for an error message: at most
 // maxNameInMessage bytes of it, cut on a rune boundary, in printable ASCII.
-func quoteName(name string) string {
+func quoteName(name string) string { return quoteBounded(name, maxNameInMessage) }
+
+// quoteBounded quotes a client's string for a message: at most n bytes of it, cut
+// on a rune boundary, in printable ASCII.
+func quoteBounded(s string, n int) string {
 	cut := false
-	if len(name) > maxNameInMessage {
-		n := maxNameInMessage
-		for n > 0 && !utf8.RuneStart(name[n]) {
+	if len(s) > n {
+		for n > 0 && !utf8.RuneStart(s[n]) {
 			n--
 		}
-		name, cut = name[:n], true
+		s, cut = s[:n], true
 	}
-	q := strconv.QuoteToASCII(name)
+	q := strconv.QuoteToASCII(s)
 	if cut {
 		q += "..."
 	}

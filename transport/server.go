@@ -99,6 +99,10 @@ type Config struct {
 	Version    string       // reported by GET /
 	Limits     Limits
 	Now        func() time.Time // nil = time.Now; for tests
+	// AllowedOrigins are the origins whose pages may open streams and get CORS
+	// answers (patterns as described on origins); nil means DefaultOrigins, and an
+	// empty list only the server's own host.
+	AllowedOrigins []string
 }
 
 // Server is infergate's HTTP API: the chi router and its handlers for POST, WebSocket
@@ -117,6 +121,7 @@ type Server struct {
 	registry *session.Registry
 
 	sse            sseSessions
+	origins        *origins
 	bodies         chan struct{} // a token per POST body being read or held
 	lingers        chan struct{} // a token per connection draining a refused body
 	requestLimiter *ratelimit.Keyed[int64]
@@ -137,6 +142,7 @@ func New(cfg Config) *Server {
 	s.model = s.cls.Info().Name
 	s.bodies = make(chan struct{}, s.limits.MaxBodies)
 	s.lingers = make(chan struct{}, s.limits.MaxLingers)
+	s.origins = newOrigins(cfg.AllowedOrigins)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -188,7 +194,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(withRequestID, s.withLinger, s.observe)
+	r.Use(withRequestID, s.withLinger, s.observe, s.cors)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})

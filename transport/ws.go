@@ -133,6 +133,12 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
+	// Browsers let any page open a WebSocket anywhere, with no CORS check, so the
+	// server checks the page's origin itself, before anything else.
+	if o := r.Header.Get("Origin"); !s.origins.allow(r, o) {
+		s.writeError(w, r, forbiddenOrigin(o))
+		return
+	}
 	var p *storage.Principal
 	if r.Header.Get("Authorization") != "" {
 		key := bearer(r)
@@ -154,8 +160,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		// Streams authenticate with an explicit key, never a cookie, so a page of any
-		// origin may use them: there is no ambient credential to steal.
+		// The origin was checked above, against --allowed-origins.
 		InsecureSkipVerify: true,
 		// Images are compressed already; deflate would cost CPU for nothing.
 		CompressionMode: websocket.CompressionDisabled,

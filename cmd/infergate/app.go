@@ -67,11 +67,12 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	m.Server = transport.New(transport.Config{
-		Classifier: m.Classifier,
-		DB:         m.DB,
-		Log:        m.Writer,
-		Logger:     m.log,
-		Version:    version,
+		Classifier:     m.Classifier,
+		DB:             m.DB,
+		Log:            m.Writer,
+		Logger:         m.log,
+		Version:        version,
+		AllowedOrigins: list(c.allowedOrigins),
 		Limits: transport.Limits{
 			MaxImageBytes:  c.maxImageBytes,
 			MaxBodyBytes:   c.maxBodyBytes,

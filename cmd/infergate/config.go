@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/infergate/infergate/transport"
 )
 
 // config is everything `infergate serve` can be told, by flag or INFERGATE_* variable.
@@ -32,6 +34,7 @@ type config struct {
 	lingerBytes                     int64
 	lingerTime, lingerTimeout       time.Duration
 	maxLingers                      int
+	allowedOrigins                  string
 }
 
 // envName is the environment variable of a flag: INFERGATE_ + upper snake case.
@@ -81,6 +84,8 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.IntVar(&c.replay, "replay", 256, "SSE events kept per session for Last-Event-ID")
 	fs.IntVar(&c.maxStreams, "max-streams", 1024, "streams and SSE sessions open on the server, all users together (503 overloaded above)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "longest a graceful shutdown takes before connections are cut")
+	fs.StringVar(&c.allowedOrigins, "allowed-origins", strings.Join(transport.DefaultOrigins, ","),
+		`comma-separated origins whose web pages may open streams and get CORS answers: "*" (any), host[:port] or scheme://host[:port] patterns where * matches any run of characters and ":*" any port or none; the server's own host is always allowed, "" allows only it`)
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	return fs
@@ -118,6 +123,18 @@ func parseInterspersed(fs *flag.FlagSet, args []string) error {
 		args = fs.Args()[1:]
 	}
 	return fs.Parse(append([]string{"--"}, pos...))
+}
+
+// list splits a comma-separated flag value, trimming spaces and dropping empty
+// items; it never returns nil.
+func list(s string) []string {
+	out := []string{}
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 // floats3 parses "a,b,c".
