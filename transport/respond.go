@@ -48,6 +48,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		if e.RetryAfter > 0 {
 			h.Set("Retry-After", strconv.Itoa(ceilSeconds(e.RetryAfter)))
 		}
+		if e.Window != nil {
+			setRateLimitHeaders(w, *e.Window)
+		}
 	}
 	writeJSON(w, e.Status(), errorBody{
 		Error:     errorDetail{Code: e.Code, Message: e.Message},

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -57,6 +58,17 @@ type Limits struct {
 	// (default 64); past it a connection is closed at once, so draining cannot pin
 	// the server.
 	MaxLingers int
+	// AuthFailures is how many refused credentials one client address may present
+	// within AuthFailureWindow (defaults 30 and 1 minute) before its credentials
+	// are refused unchecked with rate_limited until the oldest failure leaves the
+	// window (see authlimit.go). Lower values slow key guessing down more; higher
+	// ones spare clients behind one NAT that share an address.
+	AuthFailures      int
+	AuthFailureWindow time.Duration
+	// AuthFailureAddresses bounds the client addresses whose failures are kept
+	// (default 16384, about 4 MiB at the default AuthFailures); past it the address
+	// whose last failure is oldest is forgotten.
+	AuthFailureAddresses int
 	// Stream holds the limits of WebSocket and SSE sessions.
 	Stream session.Limits
 }
@@ -86,6 +98,15 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxLingers <= 0 {
 		l.MaxLingers = 64
 	}
+	if l.AuthFailures <= 0 {
+		l.AuthFailures = 30
+	}
+	if l.AuthFailureWindow <= 0 {
+		l.AuthFailureWindow = time.Minute
+	}
+	if l.AuthFailureAddresses <= 0 {
+		l.AuthFailureAddresses = 16384
+	}
 	l.Stream = l.Stream.WithDefaults()
 	return l
 }
@@ -103,6 +124,10 @@ type Config struct {
 	// answers (patterns as described on origins); nil means DefaultOrigins, and an
 	// empty list only the server's own host.
 	AllowedOrigins []string
+	// TrustedProxies are the networks of reverse proxies whose X-Forwarded-For
+	// names the client, for counting failed authentications per client address;
+	// nil trusts no proxy and counts per TCP peer.
+	TrustedProxies []netip.Prefix
 }
 
 // Server is infergate's HTTP API: the chi router and its handlers for POST, WebSocket
@@ -122,8 +147,10 @@ type Server struct {
 
 	sse            sseSessions
 	origins        *origins
-	bodies         chan struct{} // a token per POST body being read or held
-	lingers        chan struct{} // a token per connection draining a refused body
+	trusted        []netip.Prefix
+	authFailures   *ratelimit.Keyed[netip.Prefix] // refused credentials per client address
+	bodies         chan struct{}                  // a token per POST body being read or held
+	lingers        chan struct{}                  // a token per connection draining a refused body
 	requestLimiter *ratelimit.Keyed[int64]
 	router         chi.Router
 }
@@ -157,6 +184,9 @@ func New(cfg Config) *Server {
 		func() (float64, float64) { st := s.writer.Stats(); return float64(st.Commits), float64(st.Rows) },
 	)
 	s.requestLimiter = ratelimit.NewKeyed[int64](time.Minute, s.now)
+	s.trusted = cfg.TrustedProxies
+	s.authFailures = ratelimit.NewKeyed[netip.Prefix](s.limits.AuthFailureWindow, s.now)
+	s.authFailures.SetMaxKeys(s.limits.AuthFailureAddresses)
 	s.pipeline = &session.Pipeline{
 		Classifier: s.cls,
 		Log:        s.writer,

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -140,6 +141,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var p *storage.Principal
+	addr := s.clientAddr(r)
 	if r.Header.Get("Authorization") != "" {
 		key := bearer(r)
 		if key == "" {
@@ -147,7 +149,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var err error
-		if p, err = s.authenticate(r.Context(), key); err != nil {
+		if p, err = s.authenticate(r.Context(), addr, key); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -157,6 +159,10 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		}
 	} else if s.registry.ShuttingDown() {
 		s.writeError(w, r, errorf(CodeUnavailable, "the server is shutting down"))
+		return
+	} else if err := s.authThrottled(addr); err != nil {
+		// Its auth message would be refused unread: refuse the upgrade instead.
+		s.writeError(w, r, err)
 		return
 	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
@@ -192,7 +198,7 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.P
 	if p == nil {
 		conn.SetReadLimit(lim.MaxPreAuthBytes)
 		var e *Error
-		if p, e = s.authMessage(conn, lim.AuthTimeout); e != nil {
+		if p, e = s.authMessage(conn, lim.AuthTimeout, s.clientAddr(r)); e != nil {
 			closeWith(conn, e)
 			return
 		}
@@ -390,7 +396,7 @@ const maxCloseReason = 120
 
 // authMessage reads the first message of a header-less stream, which must be an auth
 // message within timeout. It returns the principal, or the error to close with.
-func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*storage.Principal, *Error) {
+func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr netip.Prefix) (*storage.Principal, *Error) {
 	timedOut := errorf(CodeUnauthorized, "authentication timed out")
 	// A Read whose context ends drops the connection without a close frame, so the
 	// timeout is a timer that closes with 4401 instead, ending the Read.
@@ -427,7 +433,7 @@ func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*stor
 	if m.APIKey == nil || *m.APIKey == "" {
 		return nil, errorf(CodeUnauthorized, "missing api_key")
 	}
-	p, err := s.authenticate(ctx, *m.APIKey)
+	p, err := s.authenticate(ctx, addr, *m.APIKey)
 	if err != nil {
 		e := toError(err)
 		if e.Code == CodeInternal {

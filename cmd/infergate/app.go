@@ -55,6 +55,10 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.log, err = newLogger(c.logLevel, c.logFormat, m.stderr); err != nil {
 		return err
 	}
+	proxies, err := prefixes(c.trustedProxies)
+	if err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
+	}
 	m.DB, err = storage.Open(ctx, c.db)
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
@@ -73,15 +77,19 @@ func (m *Main) Run(ctx context.Context) error {
 		Logger:         m.log,
 		Version:        version,
 		AllowedOrigins: list(c.allowedOrigins),
+		TrustedProxies: proxies,
 		Limits: transport.Limits{
-			MaxImageBytes:  c.maxImageBytes,
-			MaxBodyBytes:   c.maxBodyBytes,
-			RequestTimeout: c.requestTimeout,
-			MaxBodies:      c.maxBodies,
-			LingerBytes:    c.lingerBytes,
-			LingerTime:     c.lingerTime,
-			LingerTimeout:  c.lingerTimeout,
-			MaxLingers:     c.maxLingers,
+			MaxImageBytes:        c.maxImageBytes,
+			MaxBodyBytes:         c.maxBodyBytes,
+			RequestTimeout:       c.requestTimeout,
+			MaxBodies:            c.maxBodies,
+			LingerBytes:          c.lingerBytes,
+			LingerTime:           c.lingerTime,
+			LingerTimeout:        c.lingerTimeout,
+			MaxLingers:           c.maxLingers,
+			AuthFailures:         c.authFailures,
+			AuthFailureWindow:    c.authFailureWindow,
+			AuthFailureAddresses: c.authFailureAddrs,
 			Stream: session.Limits{
 				MaxInFlight:     c.maxInFlight,
 				MaxMessageBytes: c.maxMessageBytes,

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -35,6 +36,9 @@ type config struct {
 	lingerTime, lingerTimeout       time.Duration
 	maxLingers                      int
 	allowedOrigins                  string
+	authFailures, authFailureAddrs  int
+	authFailureWindow               time.Duration
+	trustedProxies                  string
 }
 
 // envName is the environment variable of a flag: INFERGATE_ + upper snake case.
@@ -86,6 +90,10 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "longest a graceful shutdown takes before connections are cut")
 	fs.StringVar(&c.allowedOrigins, "allowed-origins", strings.Join(transport.DefaultOrigins, ","),
 		`comma-separated origins whose web pages may open streams and get CORS answers: "*" (any), host[:port] or scheme://host[:port] patterns where * matches any run of characters and ":*" any port or none; the server's own host is always allowed, "" allows only it`)
+	fs.IntVar(&c.authFailures, "auth-failures", 30, "refused credentials one client address may present per --auth-failure-window; past it its credentials are refused unchecked (429 rate_limited)")
+	fs.DurationVar(&c.authFailureWindow, "auth-failure-window", time.Minute, "sliding window of --auth-failures")
+	fs.IntVar(&c.authFailureAddrs, "auth-failure-addresses", 16384, "client addresses whose failed authentications are kept; past it the one whose last failure is oldest is forgotten")
+	fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated addresses or CIDR networks of reverse proxies whose X-Forwarded-For names the client (for --auth-failures); empty: the TCP peer is the client")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	return fs
@@ -135,6 +143,23 @@ func list(s string) []string {
 		}
 	}
 	return out
+}
+
+// prefixes parses a comma-separated list of addresses and CIDR networks.
+func prefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range list(s) {
+		if p, err := netip.ParsePrefix(item); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(item)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an address nor a CIDR network", item)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }
 
 // floats3 parses "a,b,c".
