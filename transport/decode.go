@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,8 +103,16 @@ func quoteBounded(s string, n int) string {
 	return q
 }
 
-// fields is the set of JSON names of a struct type, each with the type of its field.
-type fields map[string]reflect.Type
+// fields is the set of JSON names of a struct type.
+type fields map[string]field
+
+// field is one JSON name of a struct: the type of its value, and its number among
+// the struct's names, to find duplicates without allocating.
+type field struct {
+	t     reflect.Type
+	n     int
+	check bool // the value may hold objects to check: see nested
+}
 
 // fieldsCache maps a struct's reflect.Type to its fields.
 var fieldsCache sync.Map
@@ -118,6 +125,11 @@ func fieldsOf(t reflect.Type) fields {
 		return f.(fields)
 	}
 	f := fields{}
+	add := func(name string, ft reflect.Type) {
+		if _, ok := f[name]; !ok {
+			f[name] = field{t: ft, n: len(f), check: nested(ft)}
+		}
+	}
 	for i := 0; i < t.NumField(); i++ {
 		sf := t.Field(i)
 		tag := sf.Tag.Get("json")
@@ -131,10 +143,8 @@ func fieldsOf(t reflect.Type) fields {
 				et = et.Elem()
 			}
 			if et.Kind() == reflect.Struct {
-				for n, ft := range fieldsOf(et) {
-					if _, ok := f[n]; !ok {
-						f[n] = ft
-					}
+				for n, ef := range fieldsOf(et) {
+					add(n, ef.t)
 				}
 				continue
 			}
@@ -145,13 +155,31 @@ func fieldsOf(t reflect.Type) fields {
 		if name == "" {
 			name = sf.Name
 		}
-		f[name] = sf.Type
+		add(name, sf.Type)
 	}
 	fieldsCache.Store(t, f)
 	return f
 }
 
 var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+
+// nested reports whether a value of type t may hold objects whose names must be
+// checked: structs and maps, or lists of them, that decode themselves.
+func nested(t reflect.Type) bool {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(unmarshalerType) {
+		return false
+	}
+	switch t.Kind() {
+	case reflect.Struct, reflect.Map:
+		return true
+	case reflect.Slice, reflect.Array:
+		return nested(t.Elem())
+	}
+	return false
+}
 
 // checkNames walks data, JSON that the decoder has already accepted, beside t, the
 // Go type it was decoded into. In every object that fills a struct, each name must
@@ -195,39 +223,68 @@ func checkObject(data []byte, i int, t reflect.Type) (int, error) {
 	if t.Kind() == reflect.Struct {
 		known = fieldsOf(t)
 	}
-	var seen []string // a struct takes few names, so a list beats a map
-	var seenMap map[string]bool
+	var seen uint64             // the struct's names seen, by number, below 64
+	var seenMap map[string]bool // the others, and a map's keys
 	for i = skipSpace(data, i+1); i < len(data) && data[i] != '}'; {
 		end := skipString(data, i)
 		if end < 0 {
 			return -1, nil
 		}
-		name := string(data[i+1 : end-1])
-		if strings.IndexByte(name, '\\') >= 0 {
-			if err := json.Unmarshal(data[i:end], &name); err != nil {
-				return -1, nil // cannot happen: the decoder accepted it
-			}
+		raw := data[i+1 : end-1]
+		var name string
+		escaped := bytes.IndexByte(raw, '\\') >= 0
+		if escaped {
+			name = unquote(data[i:end])
 		}
 		var vt reflect.Type
+		dup := false
 		if known != nil {
-			ft, ok := known[name]
+			var f field
+			var ok bool
+			if escaped {
+				f, ok = known[name]
+			} else {
+				f, ok = known[string(raw)] // no allocation
+			}
 			if !ok {
+				if !escaped {
+					name = string(raw)
+				}
 				return -1, unknownName(name, known)
 			}
-			if slices.Contains(seen, name) {
-				return -1, fmt.Errorf("duplicate key %s", quoteName(name))
+			if f.n < 64 {
+				dup = seen&(1<<f.n) != 0
+				seen |= 1 << f.n
+			} else {
+				if !escaped {
+					name = string(raw)
+				}
+				dup = seenMap[name]
+				if seenMap == nil {
+					seenMap = map[string]bool{}
+				}
+				seenMap[name] = true
 			}
-			seen = append(seen, name)
-			vt = ft
+			vt = f.t
+			if !f.check {
+				vt = nil // a scalar, or any JSON: skipped
+			}
 		} else {
+			if !escaped {
+				name = string(raw)
+			}
+			dup = seenMap[name]
 			if seenMap == nil {
 				seenMap = map[string]bool{}
 			}
-			if seenMap[name] {
-				return -1, fmt.Errorf("duplicate key %s", quoteName(name))
-			}
 			seenMap[name] = true
 			vt = t.Elem()
+		}
+		if dup {
+			if name == "" {
+				name = string(raw)
+			}
+			return -1, fmt.Errorf("duplicate key %s", quoteName(name))
 		}
 		i = skipSpace(data, end)
 		if i >= len(data) || data[i] != ':' {
@@ -242,6 +299,13 @@ func checkObject(data []byte, i int, t reflect.Type) (int, error) {
 		}
 	}
 	return i + 1, nil
+}
+
+// unquote decodes the JSON string q, which the decoder has accepted.
+func unquote(q []byte) string {
+	var s string
+	json.Unmarshal(q, &s)
+	return s
 }
 
 // unknownName is the error for a name that is not one of a struct's: encoding/json

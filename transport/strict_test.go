@@ -2,6 +2,7 @@ package transport
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode"
@@ -147,4 +148,18 @@ func TestStrictNamesOnEveryRoute(t *testing.T) {
 			t.Fatalf("%+v", u)
 		}
 	})
+}
+
+// TestCheckNamesAllocs: the name check of a well-formed message allocates nothing,
+// so strictness costs a frame no garbage.
+func TestCheckNamesAllocs(t *testing.T) {
+	msg := []byte(`{"type":"frame","id":"f-1","image":"","top_k":5}`)
+	typ := reflect.TypeOf(&clientMessage{})
+	if n := testing.AllocsPerRun(100, func() {
+		if err := checkNames(msg, typ); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per check", n)
+	}
 }
