@@ -119,9 +119,10 @@ func TestCORS(t *testing.T) {
 		if resp.Header.Get("Access-Control-Allow-Origin") != "" || resp.Header.Get("Access-Control-Expose-Headers") != "" {
 			t.Fatalf("CORS headers for a disallowed origin: %v", resp.Header)
 		}
-		// A program sends no Origin and gets no CORS headers.
+		// A program sends no Origin and gets no CORS headers, but caches learn
+		// that the answer depends on it.
 		resp, _ = e.do(t, "POST", "/v1/classify", e.key, "image/png", png)
-		if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "" || resp.Header.Get("Vary") != "Origin" {
 			t.Fatalf("%d %v", resp.StatusCode, resp.Header)
 		}
 		// Errors carry them too, so a page can read why it was refused.
