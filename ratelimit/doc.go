@@ -55,7 +55,10 @@
 // minute, while the second spaces them out. Longer windows are kinder to
 // bursty clients and cost memory in proportion to limit; shorter ones smooth
 // load. Keyed evicts a key once all its events have left the window, so a
-// longer window also keeps more keys in memory.
+// longer window also keeps more keys in memory. When clients choose the keys
+// (infergate counts failed authentications per network address),
+// [Keyed.SetMaxKeys] bounds them, forgetting the least recently admitted key
+// first: memory stays bounded, at the price of forgetting the oldest events.
 //
 // Window and Keyed are safe for concurrent use. Nothing in this package
 // returns an error: callers turn a refused [Decision] into [ErrLimited].

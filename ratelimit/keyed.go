@@ -23,9 +23,10 @@ type Keyed[K comparable] struct {
 	window time.Duration
 	now    func() time.Time
 
-	mu   sync.Mutex      // guards m, peak, root and the rings of all entries
-	m    map[K]*entry[K] // the windows held
-	peak int             // largest len(m) since m was made
+	mu      sync.Mutex      // guards m, peak, maxKeys, root and the rings of all entries
+	m       map[K]*entry[K] // the windows held
+	peak    int             // largest len(m) since m was made
+	maxKeys int             // bound on len(m); 0 = none
 	// root is the sentinel of the list of entries by last admission:
 	// root.next is the most recent, root.prev the least recent.
 	root entry[K]
@@ -60,6 +61,10 @@ func (k *Keyed[K]) Allow(key K, limit int) Decision {
 	defer k.mu.Unlock()
 	e := k.m[key]
 	if e == nil {
+		k.evict(now)
+		for k.maxKeys > 0 && len(k.m) >= k.maxKeys && k.root.prev != &k.root {
+			k.drop(k.root.prev) // the least recently admitted key
+		}
 		e = &entry[K]{key: key, r: newRing(limit, k.window)}
 		k.m[key] = e
 		k.peak = max(k.peak, len(k.m))
@@ -93,6 +98,19 @@ func (k *Keyed[K]) Peek(key K, limit int) Decision {
 	return e.r.decide(e.r.advance(now), false)
 }
 
+// SetMaxKeys bounds the number of keys holding a window to n; 0, the default,
+// means no bound. When a new key would pass it, the window of the key admitted
+// least recently is dropped, forgetting its events. Without a bound, memory
+// follows the keys active in the last window, which is fine for API keys (made
+// by the operator) but not for keys a client can make up, such as its network
+// address. SetMaxKeys may be called at any time; a lower bound takes effect as
+// new keys arrive.
+func (k *Keyed[K]) SetMaxKeys(n int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.maxKeys = max(n, 0)
+}
+
 // Len returns the number of keys holding a window, after dropping the idle
 // ones.
 func (k *Keyed[K]) Len() int {
@@ -101,6 +119,13 @@ func (k *Keyed[K]) Len() int {
 	defer k.mu.Unlock()
 	k.evict(now)
 	return len(k.m)
+}
+
+// drop removes e, which is in the list, from the list and the map.
+func (k *Keyed[K]) drop(e *entry[K]) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+	delete(k.m, e.key)
 }
 
 // moveToFront makes e, new or not, the most recently admitted entry.
@@ -120,9 +145,7 @@ func (k *Keyed[K]) moveToFront(e *entry[K]) {
 // their eviction.
 func (k *Keyed[K]) evict(now time.Time) {
 	for e := k.root.prev; e != &k.root && e.r.idle(now); e = k.root.prev {
-		e.prev.next, e.next.prev = e.next, e.prev
-		e.prev, e.next = nil, nil
-		delete(k.m, e.key)
+		k.drop(e)
 	}
 	if k.peak >= shrinkMin && len(k.m) <= k.peak/4 {
 		m := make(map[K]*entry[K], len(k.m))

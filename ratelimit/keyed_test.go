@@ -255,3 +255,53 @@ func BenchmarkKeyedAllowParallel(b *testing.B) {
 		}
 	})
 }
+
+// TestKeyedMaxKeys: with a bound on keys, a new key drops the key admitted least
+// recently, whose events are then forgotten, and memory stays at the bound
+// however many keys come.
+func TestKeyedMaxKeys(t *testing.T) {
+	t.Parallel()
+	k, c := newKeyed(t, time.Minute)
+	k.SetMaxKeys(2)
+	k.Allow("a", 1)
+	c.Advance(ms)
+	k.Allow("b", 1)
+	c.Advance(ms)
+	if d := k.Allow("a", 1); d.Allowed {
+		t.Fatalf("a over its limit: %+v", d)
+	}
+	// A refused event does not count as an admission: a is still the oldest.
+	k.Allow("c", 1)
+	if n := k.Len(); n != 2 {
+		t.Fatalf("Len = %d, want 2", n)
+	}
+	if d := k.Peek("b", 1); d.Allowed {
+		t.Fatalf("b was dropped instead of a: %+v", d)
+	}
+	if d := k.Allow("a", 1); !d.Allowed {
+		t.Fatalf("a was not dropped: %+v", d)
+	}
+	// a dropped b, the least recently admitted now.
+	if d := k.Peek("b", 1); !d.Allowed || k.Len() != 2 {
+		t.Fatalf("b kept: %+v, Len %d", d, k.Len())
+	}
+	for i := range 10000 {
+		k.Allow(fmt.Sprint("addr", i), 1)
+	}
+	if n := k.Len(); n != 2 {
+		t.Fatalf("Len = %d after 10000 keys, want 2", n)
+	}
+	// A lower bound takes effect with the next new key; 0 lifts it.
+	k.SetMaxKeys(1)
+	k.Allow("z", 1)
+	if n := k.Len(); n != 1 {
+		t.Fatalf("Len = %d, want 1", n)
+	}
+	k.SetMaxKeys(0)
+	for i := range 5 {
+		k.Allow(fmt.Sprint("free", i), 1)
+	}
+	if n := k.Len(); n != 6 {
+		t.Fatalf("Len = %d without a bound, want 6", n)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/ratelimit"
 	"github.com/infergate/infergate/storage"
 )
 
@@ -62,6 +63,9 @@ type Error struct {
 	Code       string
 	Message    string
 	RetryAfter time.Duration
+	// Window, when set, is the decision of the limiter that refused, for the
+	// RateLimit headers of an HTTP answer.
+	Window *ratelimit.Decision
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 )
@@ -21,6 +22,8 @@ func FuzzClassifyBody(f *testing.F) {
 		`{"top_k":"5"}`,
 		`{"image":null}`,
 		`[]`, `{`, `"\u0000"`, `{"a":{"b":[1,2,{"c":"\"}"}]}}`,
+		`{"IMAGE":"aGVsbG8="}`, `{"image":"aGVsbG8=","Image":"aGVsbG8="}`,
+		`{"image":"aGVsbG8=","top_\u212a":1}`, `{"\u0069mage":"aGVsbG8=","Filename":"a"}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -44,6 +47,7 @@ func FuzzClassifyBody(f *testing.F) {
 		if len(img) == 0 || topK < 1 || topK > maxTopK || int64(len(img)) > s.limits.MaxImageBytes {
 			t.Fatalf("accepted %q: %d bytes, top_k %d", body, len(img), topK)
 		}
+		checkExactNames(t, body, "image", "filename", "top_k")
 	})
 }
 
@@ -57,6 +61,8 @@ func FuzzMessage(f *testing.F) {
 		`{"type":"frame","id":{"x":1},"image":"aGVsbG8="}`,
 		`{"type":"ping"}`, `{"type":"ping","id":1}`, `{"type":"auth","api_key":"ig_x"}`,
 		`{"type":"nope"}`, `{}`, `not json`, `{"type":"frame"}`,
+		`{"TYPE":"ping"}`, `{"type":"frame","Image":"aGVsbG8="}`, `{"type":"auth","API_KEY":"ig_x"}`,
+		`{"type":"frame","image":"aGVsbG8=","IMAGE":"aGVsbG8="}`, `{"type":"frame","ID":1,"image":"aGVsbG8="}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -68,12 +74,14 @@ func FuzzMessage(f *testing.F) {
 			if fr.Err != nil {
 				t.Fatalf("a ping with an error: %v", fr.Err)
 			}
+			checkExactNames(t, msg, "type", "id")
 			return
 		}
 		if fr.Err == nil {
 			if len(fr.Image) == 0 || fr.TopK < 1 || fr.TopK > maxTopK {
 				t.Fatalf("frame from %q: %d bytes top_k %d", msg, len(fr.Image), fr.TopK)
 			}
+			checkExactNames(t, msg, "type", "id", "image", "top_k")
 			return
 		}
 		var e *Error
@@ -81,6 +89,32 @@ func FuzzMessage(f *testing.F) {
 			t.Fatalf("error %v for %q", fr.Err, msg)
 		}
 	})
+}
+
+// checkExactNames fails when an accepted JSON object has a top-level name that is
+// not exactly one of names, or has one twice.
+func checkExactNames(t *testing.T, body []byte, names ...string) {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		t.Fatalf("accepted %q, which is not an object", body)
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			t.Fatalf("accepted %q: %v", body, err)
+		}
+		name := tok.(string)
+		if !slices.Contains(names, name) || seen[name] {
+			t.Fatalf("accepted %q with the name %q", body, name)
+		}
+		seen[name] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			t.Fatalf("accepted %q: %v", body, err)
+		}
+	}
 }
 
 // checkSplitImage holds splitImage to what it promises: decoding the object without

@@ -599,6 +599,38 @@ func TestPublicRoutes(t *testing.T) {
 	}
 }
 
+// TestRedirectsKeepQuery: every redirect to the demo page keeps the query string,
+// which picks the demo's transport.
+func TestRedirectsKeepQuery(t *testing.T) {
+	e := newEnv(t)
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	cases := []struct{ path, location string }{
+		{"/demo", "/demo/"},
+		{"/demo?transport=sse", "/demo/?transport=sse"},
+		{"/demo?transport=ws&x=a%20b", "/demo/?transport=ws&x=a%20b"},
+		{"/demo/index.html?transport=sse", "./?transport=sse"},
+	}
+	for _, tc := range cases {
+		resp, err := client.Get(e.ts.URL + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != tc.location {
+			t.Errorf("%s: %d Location %q, want %q", tc.path, resp.StatusCode, resp.Header.Get("Location"), tc.location)
+		}
+	}
+	// Followed, the redirect lands on the page with the query intact.
+	resp, err := e.ts.Client().Get(e.ts.URL + "/demo?transport=sse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Request.URL.RequestURI() != "/demo/?transport=sse" {
+		t.Fatalf("%d at %s", resp.StatusCode, resp.Request.URL)
+	}
+}
+
 // overloaded is a classifier whose queue is always full: the real one only is under
 // a load this test cannot make quickly and repeatably.
 type overloaded struct{ Classifier }

@@ -19,6 +19,8 @@ type metrics struct {
 	frames    *prometheus.CounterVec
 	frameTime *prometheus.HistogramVec
 	streams   *prometheus.GaugeVec
+	lingers   *prometheus.CounterVec
+	authFails *prometheus.CounterVec
 }
 
 // Latency buckets from 1 ms to ~4 s: inference of a small model is a few ms, and the
@@ -52,8 +54,14 @@ func newMetrics(queueLen func() float64, writer func() storage.WriterStats) *met
 		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "infergate_streams_open", Help: "Open streams by transport (ws, sse).",
 		}, []string{"transport"}),
+		lingers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "infergate_lingering_closes_total", Help: "Error answers whose unread request body was drained before closing, by outcome: drained (to its end), cut (at a linger bound), refused (too many lingering at once).",
+		}, []string{"outcome"}),
+		authFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "infergate_auth_failures_total", Help: "Refused credentials, by outcome: failed (unknown, revoked or malformed), throttled (refused unchecked, the address had too many failures).",
+		}, []string{"outcome"}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.inFlight, m.inference, m.rejected, m.frames, m.frameTime, m.streams,
+	m.reg.MustRegister(m.requests, m.latency, m.inFlight, m.inference, m.rejected, m.frames, m.frameTime, m.streams, m.lingers, m.authFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "infergate_inference_queue_length", Help: "Images waiting for a model worker.",

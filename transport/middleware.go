@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -130,7 +132,7 @@ func (s *Server) requireKey(next http.Handler) http.Handler {
 			s.writeError(w, r, errorf(CodeUnauthorized, "missing API key: send Authorization: Bearer <key>"))
 			return
 		}
-		p, err := s.authenticate(r.Context(), key)
+		p, err := s.authenticate(r.Context(), s.clientAddr(r), key)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -139,9 +141,18 @@ func (s *Server) requireKey(next http.Handler) http.Handler {
 	})
 }
 
-func (s *Server) authenticate(ctx context.Context, key string) (*storage.Principal, error) {
+// authenticate checks an API key presented from addr. An address with too many
+// recent failures is refused with rate_limited before any lookup; a refused key
+// counts as one more failure of its address.
+func (s *Server) authenticate(ctx context.Context, addr netip.Prefix, key string) (*storage.Principal, error) {
+	if err := s.authThrottled(addr); err != nil {
+		return nil, err
+	}
 	p, err := s.db.Authenticate(ctx, key) // refuses malformed keys without a query
 	if err != nil {
+		if errors.Is(err, storage.ErrUnauthorized) {
+			s.authFailed(addr)
+		}
 		return nil, fmt.Errorf("authenticate: %w", err)
 	}
 	return p, nil

@@ -39,12 +39,16 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if e.Code == CodeInternal {
 		s.log.ErrorContext(r.Context(), "internal error", "err", err, "request_id", requestID(r.Context()))
 	}
+	lingerOnError(w, r)
 	h := w.Header()
 	if e.Code == CodeUnauthorized {
 		h.Set("WWW-Authenticate", `Bearer realm="infergate"`)
 	}
 	if e.RetryAfter > 0 { // rate_limited, overloaded, unavailable for a full disk
 		h.Set("Retry-After", strconv.Itoa(ceilSeconds(e.RetryAfter)))
+	}
+	if e.Window != nil {
+		setRateLimitHeaders(w, *e.Window)
 	}
 	writeJSON(w, e.Status(), errorBody{
 		Error:     errorDetail{Code: e.Code, Message: e.Message},

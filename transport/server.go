@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -42,6 +43,32 @@ type Limits struct {
 	// overloaded (503) at once, unread, so that many clients cannot make the server
 	// hold many large bodies: MaxBodies x MaxBodyBytes is the most they can take.
 	MaxBodies int
+	// LingerBytes, LingerTime and LingerTimeout bound the lingering close of a
+	// request answered with an error before its body was read (see linger.go): the
+	// rest of the body is read and discarded, up to LingerBytes (default 64 MiB) and
+	// LingerTime in all (default 30 s, nginx's lingering_time), waiting at most
+	// LingerTimeout for each read (default 5 s, nginx's lingering_timeout), so that
+	// a client still sending can read the answer instead of a connection reset.
+	// Larger bounds help clients that send more; smaller ones free connections
+	// sooner.
+	LingerBytes   int64
+	LingerTime    time.Duration
+	LingerTimeout time.Duration
+	// MaxLingers bounds the connections lingering at once, all clients together
+	// (default 64); past it a connection is closed at once, so draining cannot pin
+	// the server.
+	MaxLingers int
+	// AuthFailures is how many refused credentials one client address may present
+	// within AuthFailureWindow (defaults 30 and 1 minute) before its credentials
+	// are refused unchecked with rate_limited until the oldest failure leaves the
+	// window (see authlimit.go). Lower values slow key guessing down more; higher
+	// ones spare clients behind one NAT that share an address.
+	AuthFailures      int
+	AuthFailureWindow time.Duration
+	// AuthFailureAddresses bounds the client addresses whose failures are kept
+	// (default 16384, about 4 MiB at the default AuthFailures); past it the address
+	// whose last failure is oldest is forgotten.
+	AuthFailureAddresses int
 	// Stream holds the limits of WebSocket and SSE sessions.
 	Stream session.Limits
 }
@@ -59,6 +86,27 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxBodies <= 0 {
 		l.MaxBodies = 128
 	}
+	if l.LingerBytes <= 0 {
+		l.LingerBytes = 64 << 20
+	}
+	if l.LingerTime <= 0 {
+		l.LingerTime = 30 * time.Second
+	}
+	if l.LingerTimeout <= 0 {
+		l.LingerTimeout = 5 * time.Second
+	}
+	if l.MaxLingers <= 0 {
+		l.MaxLingers = 64
+	}
+	if l.AuthFailures <= 0 {
+		l.AuthFailures = 30
+	}
+	if l.AuthFailureWindow <= 0 {
+		l.AuthFailureWindow = time.Minute
+	}
+	if l.AuthFailureAddresses <= 0 {
+		l.AuthFailureAddresses = 16384
+	}
 	l.Stream = l.Stream.WithDefaults()
 	return l
 }
@@ -72,6 +120,14 @@ type Config struct {
 	Version    string       // reported by GET /
 	Limits     Limits
 	Now        func() time.Time // nil = time.Now; for tests
+	// AllowedOrigins are the origins whose pages may open streams and get CORS
+	// answers (patterns as described on origins); nil means DefaultOrigins, and an
+	// empty list only the server's own host.
+	AllowedOrigins []string
+	// TrustedProxies are the networks of reverse proxies whose X-Forwarded-For
+	// names the client, for counting failed authentications per client address;
+	// nil trusts no proxy and counts per TCP peer.
+	TrustedProxies []netip.Prefix
 }
 
 // Server is infergate's HTTP API: the chi router and its handlers for POST, WebSocket
@@ -90,7 +146,11 @@ type Server struct {
 	registry *session.Registry
 
 	sse            sseSessions
-	bodies         chan struct{} // a token per POST body being read or held
+	origins        *origins
+	trusted        []netip.Prefix
+	authFailures   *ratelimit.Keyed[netip.Prefix] // refused credentials per client address
+	bodies         chan struct{}                  // a token per POST body being read or held
+	lingers        chan struct{}                  // a token per connection draining a refused body
 	requestLimiter *ratelimit.Keyed[int64]
 	router         chi.Router
 }
@@ -108,6 +168,8 @@ func New(cfg Config) *Server {
 	}
 	s.model = s.cls.Info().Name
 	s.bodies = make(chan struct{}, s.limits.MaxBodies)
+	s.lingers = make(chan struct{}, s.limits.MaxLingers)
+	s.origins = newOrigins(cfg.AllowedOrigins)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -122,6 +184,9 @@ func New(cfg Config) *Server {
 		s.writer.Stats,
 	)
 	s.requestLimiter = ratelimit.NewKeyed[int64](time.Minute, s.now)
+	s.trusted = cfg.TrustedProxies
+	s.authFailures = ratelimit.NewKeyed[netip.Prefix](s.limits.AuthFailureWindow, s.now)
+	s.authFailures.SetMaxKeys(s.limits.AuthFailureAddresses)
 	s.pipeline = &session.Pipeline{
 		Classifier: s.cls,
 		Log:        s.writer,
@@ -159,7 +224,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(withRequestID, s.observe)
+	r.Use(withRequestID, s.withLinger, s.observe, s.cors)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})
@@ -174,7 +239,13 @@ func (s *Server) routes() chi.Router {
 	r.Get("/openapi.json", serveFile(web.API(), "openapi.json", "application/json"))
 	r.Get("/docs", serveFile(web.API(), "docs.html", "text/html; charset=utf-8"))
 	r.Get("/demo", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, "/demo/", http.StatusMovedPermanently)
+		// The query picks the demo's transport (?transport=sse): it must survive.
+		// http.FileServer's own redirects below /demo/ keep it too.
+		target := "/demo/"
+		if r.URL.RawQuery != "" {
+			target += "?" + r.URL.RawQuery
+		}
+		http.Redirect(w, r, target, http.StatusMovedPermanently)
 	})
 	r.Handle("/demo/*", http.StripPrefix("/demo/", http.FileServerFS(web.Demo())))
 	r.Get("/v1/model/info", s.handleModelInfo)

@@ -133,15 +133,20 @@ func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*sseSession, e
 		token = r.URL.Query().Get("token")
 	}
 	ss := s.sse.get(id)
+	addr := s.clientAddr(r)
 	switch {
 	case token != "":
+		if err := s.authThrottled(addr); err != nil {
+			return nil, err
+		}
 		h := sha256.Sum256([]byte(token))
 		if ss == nil || subtle.ConstantTimeCompare(h[:], ss.tokenHash[:]) != 1 {
+			s.authFailed(addr)
 			return nil, errorf(CodeUnauthorized, "unknown session or wrong session token")
 		}
 		return ss, nil
 	case strings.HasPrefix(b, "ig_"):
-		p, err := s.authenticate(r.Context(), b)
+		p, err := s.authenticate(r.Context(), addr, b)
 		if err != nil {
 			return nil, err
 		}
@@ -290,6 +295,7 @@ type frameErrorBody struct {
 }
 
 func (s *Server) writeFrameError(w http.ResponseWriter, r *http.Request, e *Error, seq int64, id json.RawMessage) {
+	lingerOnError(w, r)
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(ceilSeconds(e.RetryAfter)))
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -133,7 +134,14 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
+	// Browsers let any page open a WebSocket anywhere, with no CORS check, so the
+	// server checks the page's origin itself, before anything else.
+	if o := r.Header.Get("Origin"); !s.origins.allow(r, o) {
+		s.writeError(w, r, forbiddenOrigin(o))
+		return
+	}
 	var p *storage.Principal
+	addr := s.clientAddr(r)
 	if r.Header.Get("Authorization") != "" {
 		key := bearer(r)
 		if key == "" {
@@ -141,7 +149,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var err error
-		if p, err = s.authenticate(r.Context(), key); err != nil {
+		if p, err = s.authenticate(r.Context(), addr, key); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -152,10 +160,13 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	} else if s.registry.ShuttingDown() {
 		s.writeError(w, r, errorf(CodeUnavailable, "the server is shutting down"))
 		return
+	} else if err := s.authThrottled(addr); err != nil {
+		// Its auth message would be refused unread: refuse the upgrade instead.
+		s.writeError(w, r, err)
+		return
 	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		// Streams authenticate with an explicit key, never a cookie, so a page of any
-		// origin may use them: there is no ambient credential to steal.
+		// The origin was checked above, against --allowed-origins.
 		InsecureSkipVerify: true,
 		// Images are compressed already; deflate would cost CPU for nothing.
 		CompressionMode: websocket.CompressionDisabled,
@@ -187,7 +198,7 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.P
 	if p == nil {
 		conn.SetReadLimit(lim.MaxPreAuthBytes)
 		var e *Error
-		if p, e = s.authMessage(conn, lim.AuthTimeout); e != nil {
+		if p, e = s.authMessage(conn, lim.AuthTimeout, s.clientAddr(r)); e != nil {
 			closeWith(conn, e)
 			return
 		}
@@ -385,7 +396,7 @@ const maxCloseReason = 120
 
 // authMessage reads the first message of a header-less stream, which must be an auth
 // message within timeout. It returns the principal, or the error to close with.
-func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*storage.Principal, *Error) {
+func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr netip.Prefix) (*storage.Principal, *Error) {
 	timedOut := errorf(CodeUnauthorized, "authentication timed out")
 	// A Read whose context ends drops the connection without a close frame, so the
 	// timeout is a timer that closes with 4401 instead, ending the Read.
@@ -406,8 +417,8 @@ func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*stor
 		return nil, errorf(CodeInvalidRequest, "the first message must be a text auth message")
 	}
 	var m clientMessage
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, errorf(CodeInvalidRequest, "the first message is not JSON")
+	if err := strictUnmarshal(data, &m); err != nil {
+		return nil, toError(err)
 	}
 	switch m.Type {
 	case "auth":
@@ -416,10 +427,13 @@ func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration) (*stor
 	default:
 		return nil, errorf(CodeInvalidRequest, "unknown message type before auth")
 	}
+	if m.ID != nil || m.Image != nil || m.TopK != nil {
+		return nil, errorf(CodeInvalidRequest, `an auth message has only "type" and "api_key"`)
+	}
 	if m.APIKey == nil || *m.APIKey == "" {
 		return nil, errorf(CodeUnauthorized, "missing api_key")
 	}
-	p, err := s.authenticate(ctx, *m.APIKey)
+	p, err := s.authenticate(ctx, addr, *m.APIKey)
 	if err != nil {
 		e := toError(err)
 		if e.Code == CodeInternal {

@@ -328,6 +328,9 @@ func TestOpenAPIAuthenticated(t *testing.T) {
 		if _, ok := rs["401"]; !ok {
 			t.Errorf("%s %s: authenticated, but no 401", o.method, o.path)
 		}
+		if _, ok := rs["429"]; !ok {
+			t.Errorf("%s %s: authenticated, but no 429 (failed authentications are throttled)", o.method, o.path)
+		}
 	}
 	for _, path := range []string{"/v1/classify", "/v2/classify"} {
 		rs := doc["paths"].(object)[path].(object)["post"].(object)["responses"].(object)

@@ -65,6 +65,10 @@ func (m *Main) Run(ctx context.Context) error {
 	if c.logPruneInterval <= 0 || c.logPruneBatch <= 0 {
 		return errors.New("--log-prune-interval and --log-prune-batch must be positive")
 	}
+	proxies, err := prefixes(c.trustedProxies)
+	if err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
+	}
 	m.DB, err = storage.Open(ctx, c.db)
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
@@ -94,16 +98,25 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	m.Server = transport.New(transport.Config{
-		Classifier: m.Classifier,
-		DB:         m.DB,
-		Log:        m.Writer,
-		Logger:     m.log,
-		Version:    version,
+		Classifier:     m.Classifier,
+		DB:             m.DB,
+		Log:            m.Writer,
+		Logger:         m.log,
+		Version:        version,
+		AllowedOrigins: list(c.allowedOrigins),
+		TrustedProxies: proxies,
 		Limits: transport.Limits{
-			MaxImageBytes:  c.maxImageBytes,
-			MaxBodyBytes:   c.maxBodyBytes,
-			RequestTimeout: c.requestTimeout,
-			MaxBodies:      c.maxBodies,
+			MaxImageBytes:        c.maxImageBytes,
+			MaxBodyBytes:         c.maxBodyBytes,
+			RequestTimeout:       c.requestTimeout,
+			MaxBodies:            c.maxBodies,
+			LingerBytes:          c.lingerBytes,
+			LingerTime:           c.lingerTime,
+			LingerTimeout:        c.lingerTimeout,
+			MaxLingers:           c.maxLingers,
+			AuthFailures:         c.authFailures,
+			AuthFailureWindow:    c.authFailureWindow,
+			AuthFailureAddresses: c.authFailureAddrs,
 			Stream: session.Limits{
 				MaxInFlight:     c.maxInFlight,
 				MaxMessageBytes: c.maxMessageBytes,

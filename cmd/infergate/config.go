@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/infergate/infergate/storage"
+	"github.com/infergate/infergate/transport"
 )
 
 // config is everything `infergate serve` can be told, by flag or INFERGATE_* variable.
@@ -34,6 +36,13 @@ type config struct {
 	logRetention                    age
 	logPruneInterval                time.Duration
 	logPruneBatch                   int
+	lingerBytes                     int64
+	lingerTime, lingerTimeout       time.Duration
+	maxLingers                      int
+	allowedOrigins                  string
+	authFailures, authFailureAddrs  int
+	authFailureWindow               time.Duration
+	trustedProxies                  string
 }
 
 // envName is the environment variable of a flag: INFERGATE_ + upper snake case.
@@ -66,6 +75,10 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", 11<<20, "largest JSON request body, bytes")
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 30*time.Second, "longest a POST may take to send its body, and to wait for the model")
 	fs.IntVar(&c.maxBodies, "max-bodies", 128, "POST bodies read or held at once, all clients (503 overloaded above, unread)")
+	fs.Int64Var(&c.lingerBytes, "linger-bytes", 64<<20, "after an error answer to an unread body, bytes of it read and discarded before closing, so a client still sending reads the answer instead of a reset")
+	fs.DurationVar(&c.lingerTime, "linger-time", 30*time.Second, "longest a connection lingers to discard an unread body (nginx's lingering_time)")
+	fs.DurationVar(&c.lingerTimeout, "linger-timeout", 5*time.Second, "longest a lingering connection waits for more of the body (nginx's lingering_timeout)")
+	fs.IntVar(&c.maxLingers, "max-lingers", 64, "connections lingering at once, all clients; past it a connection closes at once")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 4, "frames of one stream being processed at once; the server stops reading past it")
 	fs.Int64Var(&c.maxMessageBytes, "max-message-bytes", 11534336, "largest stream message after auth (1009 above)")
 	fs.Int64Var(&c.maxPreAuth, "max-preauth-bytes", 4096, "largest WebSocket message before auth")
@@ -82,6 +95,12 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.Var(&c.logRetention, "log-retention", "delete inference log rows older than this, e.g. 90d or 36h (0, the default, keeps them forever); usage then covers the kept window")
 	fs.DurationVar(&c.logPruneInterval, "log-prune-interval", time.Hour, "how often old inference log rows are deleted, with --log-retention")
 	fs.IntVar(&c.logPruneBatch, "log-prune-batch", storage.DefaultPruneBatch, "inference log rows deleted per transaction; the log writer may wait for one batch")
+	fs.StringVar(&c.allowedOrigins, "allowed-origins", strings.Join(transport.DefaultOrigins, ","),
+		`comma-separated origins whose web pages may open streams and get CORS answers: "*" (any), host[:port] or scheme://host[:port] patterns where * matches any run of characters and ":*" any port or none; the server's own host is always allowed, "" allows only it`)
+	fs.IntVar(&c.authFailures, "auth-failures", 30, "refused credentials one client address may present per --auth-failure-window; past it its credentials are refused unchecked (429 rate_limited)")
+	fs.DurationVar(&c.authFailureWindow, "auth-failure-window", time.Minute, "sliding window of --auth-failures")
+	fs.IntVar(&c.authFailureAddrs, "auth-failure-addresses", 16384, "client addresses whose failed authentications are kept; past it the one whose last failure is oldest is forgotten")
+	fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated addresses or CIDR networks of reverse proxies whose X-Forwarded-For names the client (for --auth-failures); empty: the TCP peer is the client")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	return fs
@@ -158,6 +177,35 @@ func (a *age) Set(s string) error {
 	}
 	*a = age(d)
 	return nil
+}
+
+// list splits a comma-separated flag value, trimming spaces and dropping empty
+// items; it never returns nil.
+func list(s string) []string {
+	out := []string{}
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// prefixes parses a comma-separated list of addresses and CIDR networks.
+func prefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range list(s) {
+		if p, err := netip.ParsePrefix(item); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(item)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an address nor a CIDR network", item)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }
 
 // floats3 parses "a,b,c".

@@ -247,6 +247,7 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"nope"}, nil, "unknown command"},
 		{[]string{"serve", "--workers", "x"}, nil, "invalid value"},
 		{[]string{"serve"}, []string{"INFERGATE_MAX_PIXELS=lots"}, "INFERGATE_MAX_PIXELS"},
+		{[]string{"serve", "--trusted-proxies", "10.0.0.0/8,proxy.local"}, nil, `--trusted-proxies: "proxy.local"`},
 		{[]string{"keys", "create"}, nil, "--email is required"},
 		{[]string{"keys", "revoke"}, nil, "prefix"},
 		{[]string{"logs"}, nil, "want prune"},
@@ -513,4 +514,23 @@ func TestHousekeeping(t *testing.T) {
 			t.Errorf("no log line of the prune:\n%s", s.stderr)
 		}
 	})
+}
+
+func TestPrefixes(t *testing.T) {
+	got, err := prefixes(" 10.0.0.0/8, 192.0.2.7 ,::ffff:198.51.100.1, fd00::/8,2001:db8::1,,")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"10.0.0.0/8", "192.0.2.7/32", "198.51.100.1/32", "fd00::/8", "2001:db8::1/128"}
+	if len(got) != len(want) {
+		t.Fatalf("%v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i].String() != want[i] {
+			t.Fatalf("%v, want %v", got, want)
+		}
+	}
+	if got, err := prefixes(""); err != nil || len(got) != 0 {
+		t.Fatalf("empty: %v %v", got, err)
+	}
 }

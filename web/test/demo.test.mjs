@@ -37,6 +37,9 @@ const LAUNCH_ARGS = [
   '--disable-component-update',
   '--disable-sync',
   '--no-first-run',
+  // A name for the server that is neither loopback nor its own address, for the
+  // cross-origin test: a page there is of an origin the default list does not allow.
+  '--host-resolver-rules=MAP elsewhere.test 127.0.0.1',
 ];
 // The webcam test adds a fake camera that needs no permission prompt.
 const FAKE_CAMERA_ARGS = ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'];
@@ -143,6 +146,53 @@ describe('demo page', { timeout: 15 * 60_000 }, () => {
     const res = await fetch(`${BASE}/demo`, { redirect: 'manual' });
     assert.ok([301, 302, 307, 308].includes(res.status), `status ${res.status}`);
     assert.equal(new URL(res.headers.get('location'), BASE).pathname, '/demo/');
+    // The query, which forces a transport, survives the redirect.
+    const forced = await fetch(`${BASE}/demo?transport=sse`, { redirect: 'manual' });
+    const to = new URL(forced.headers.get('location'), BASE);
+    assert.equal(to.pathname + to.search, '/demo/?transport=sse');
+  });
+
+  test('pages of other origins: loopback ones may use the API, others are refused', { timeout: TEST_TIMEOUT }, async () => {
+    const context = await browser.newContext({ viewport: DESKTOP });
+    const page = await context.newPage();
+    page.setDefaultTimeout(WAIT);
+    const errors = [];
+    page.on('pageerror', (err) => errors.push(err.message));
+    // From a page, call the server at BASE with a key (a preflighted fetch) and open
+    // its WebSocket.
+    const probe = () => page.evaluate(async ({ base, key }) => {
+      const out = {};
+      try {
+        const r = await fetch(`${base}/v1/usage`, { headers: { Authorization: `Bearer ${key}` } });
+        out.fetch = r.status;
+        out.remaining = r.headers.get('RateLimit-Remaining');
+      } catch (e) {
+        out.fetch = e.name;
+      }
+      out.ws = await new Promise((resolve) => {
+        const ws = new WebSocket(base.replace(/^http/, 'ws') + '/v1/stream');
+        ws.onopen = () => ws.send(JSON.stringify({ type: 'auth', api_key: key }));
+        ws.onmessage = (ev) => { resolve(JSON.parse(ev.data).type); ws.close(); };
+        ws.onerror = () => resolve('error');
+      });
+      return out;
+    }, { base: BASE, key: KEY });
+    const port = new URL(BASE).port;
+
+    await page.goto(`http://localhost:${port}/demo/`);
+    const allowed = await probe();
+    assert.equal(allowed.fetch, 200, 'a localhost page may call the API by default');
+    assert.match(allowed.remaining ?? '', /^\d+$/, 'and read the exposed RateLimit headers');
+    assert.equal(allowed.ws, 'ready', 'and open a stream');
+
+    await page.goto(`http://elsewhere.test:${port}/demo/`);
+    assert.deepEqual(await probe(), { fetch: 'TypeError', ws: 'error' }, 'a page of another origin is refused');
+    // The demo page served under that name is same-origin with itself, and works.
+    await page.getByTestId('api-key').pressSequentially(KEY);
+    await pickDog(page);
+    await waitForDog(page);
+    assert.equal(await transport(page), 'websocket');
+    await close({ context, page, errors });
   });
 
   test('a picked photo is classified over the WebSocket', { timeout: TEST_TIMEOUT }, async () => {

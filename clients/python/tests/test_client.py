@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import http.client
 import json
 import os
 import queue
@@ -28,6 +29,7 @@ import unittest
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 from unittest import mock
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 PKG_DIR = HERE.parent  # clients/python
@@ -40,6 +42,7 @@ from infergate_client import (  # noqa: E402
     AuthError,
     Client,
     ConnectionLimitError,
+    ImageTooLargeError,
     InfergateError,
     InvalidImageError,
     RateLimitError,
@@ -288,6 +291,45 @@ class TestClassify(LiveTest):
     def test_connection_refused(self) -> None:
         with self.assertRaises(TransportError):
             Client("http://127.0.0.1:1", api_key=BAD_KEY, timeout=5).classify(b"x")
+
+
+class TestLargeBody(LiveTest):
+    """A body over the limit is answered 413 even by clients that write the whole body
+    before they read anything, as http.client does: the server reads and discards the
+    rest of the body before closing (a lingering close), so no connection reset eats
+    the answer."""
+
+    def post(self, body: Any, content_type: str = "application/json", **kw: Any) -> http.client.HTTPResponse:
+        u = urlsplit(self.url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        self.addCleanup(conn.close)
+        conn.request("POST", "/v1/classify", body=body, headers={
+            "Authorization": f"Bearer {self.server.keys['main']}", "Content-Type": content_type}, **kw)
+        return conn.getresponse()
+
+    def assertTooLarge(self, resp: http.client.HTTPResponse) -> None:
+        self.assertEqual(resp.status, 413)
+        err = json.loads(resp.read())
+        self.assertEqual(err["error"]["code"], "image_too_large")
+        self.assertTrue(err["request_id"])
+
+    def test_content_length_12_mib(self) -> None:
+        body = b'{"image":"' + b"A" * (12 << 20) + b'"}'
+        self.assertTooLarge(self.post(body))
+
+    def test_chunked(self) -> None:
+        def chunks() -> Any:
+            yield b'{"image":"'
+            for _ in range(32):
+                yield b"A" * (1 << 20)
+            yield b'"}'
+        self.assertTooLarge(self.post(chunks(), encode_chunked=True))
+
+    def test_client_raises_image_too_large(self) -> None:
+        jpeg = b"\xff\xd8\xff" + b"\0" * (12 << 20)
+        with self.assertRaises(ImageTooLargeError) as cm:
+            self.client().classify(jpeg)
+        self.assertEqual(cm.exception.status, 413)
 
 
 class TestStreamTransports(LiveTest):
