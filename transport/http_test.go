@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -396,20 +395,10 @@ func TestUsageAfterKnownSequence(t *testing.T) {
 func TestLogRowCommittedBeforeResponse(t *testing.T) {
 	e := newEnv(t)
 	dog := testenv.ReadImage(t, "dog.jpg")
-	raw, err := sql.Open("sqlite3", "file:"+e.dbPath+"?_busy_timeout=10000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	ctx := context.Background()
-	conn, err := raw.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
+	// Authenticate once first: that stores the key's last_used_at, a write the lock
+	// would hold up too, and the next authentications skip it for a minute.
+	e.do2(t, "GET", "/v1/usage", e.key, "", nil)
+	release := e.holdWriteLock(t)
 	done := make(chan int, 1)
 	go func() {
 		req, _ := http.NewRequest("POST", e.ts.URL+"/v1/classify", bytes.NewReader(dog))
@@ -423,19 +412,20 @@ func TestLogRowCommittedBeforeResponse(t *testing.T) {
 		resp.Body.Close()
 		done <- resp.StatusCode
 	}()
+	// The handler has its result and waits for the row, which the writer cannot commit.
+	waitGoroutine(t, "handleClassify", "storage.(*Writer).Write(")
+	waitGoroutine(t, "storage.(*Writer).insert(")
 	select {
 	case code := <-done:
 		t.Fatalf("response (%d) arrived while its log row could not be committed", code)
-	case <-time.After(1500 * time.Millisecond):
+	default:
 	}
-	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if code := <-done; code != 200 {
 		t.Fatalf("status %d", code)
 	}
 	var n int
-	if err := raw.QueryRowContext(ctx, "SELECT COUNT(*) FROM inference_logs WHERE status = 200 AND transport = 'post'").Scan(&n); err != nil || n != 1 {
+	if err := e.db.Bun.NewRaw("SELECT COUNT(*) FROM inference_logs WHERE status = 200 AND transport = 'post'").Scan(context.Background(), &n); err != nil || n != 1 {
 		t.Fatalf("rows %d, err %v", n, err)
 	}
 }
