@@ -128,6 +128,46 @@ func withClassifier(cl Classifier) option {
 func withListener(wrap func(net.Listener) net.Listener) option {
 	return func(s *setup) { s.wrap = wrap }
 }
+func withLogger(l *slog.Logger) option { return func(s *setup) { s.cfg.Logger = l } }
+
+// logBuffer collects a server's JSON log lines.
+type logBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// records returns the log records whose message is msg.
+func (l *logBuffer) records(t testing.TB, msg string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(l.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+		if rec["msg"] == msg {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+func newLogBuffer() (*logBuffer, *slog.Logger) {
+	lb := &logBuffer{}
+	return lb, slog.New(slog.NewJSONHandler(lb, nil))
+}
 
 // waitFor polls cond until it holds, or fails the test after 10 s.
 func waitFor(t testing.TB, what string, cond func() bool) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -690,6 +691,99 @@ func TestStreamFrameTimeout(t *testing.T) {
 	write(t, c, websocket.MessageBinary, smallPNG(t))
 	if m := read(t, c); m.Type != "result" || m.Seq != 2 {
 		t.Fatalf("%+v", m)
+	}
+}
+
+// failing is the real model's description with a Classify that always fails, as a
+// broken model run would: the real model cannot be made to fail on demand.
+type failing struct{ Classifier }
+
+func (failing) Classify(context.Context, []byte, int) (*infer.Result, error) {
+	return nil, errors.New("onnxruntime: run: test failure")
+}
+
+// streamFrame opens a stream of the given transport ("ws" or "sse"), runs before (if
+// not nil), sends one frame with id "f-1", and returns the stream's session id and
+// the frame's answer. The requests that open the stream and carry the frame have the
+// X-Request-ID reqID.
+func (e *env) streamFrame(t *testing.T, transport, reqID string, img []byte, before func()) (string, wsMsg) {
+	t.Helper()
+	frame := []byte(`{"type":"frame","id":"f-1","image":"` + base64.StdEncoding.EncodeToString(img) + `"}`)
+	if transport == "ws" {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.ts.URL, "http")+"/v1/stream", &websocket.DialOptions{
+			HTTPHeader: http.Header{"Authorization": {"Bearer " + e.key}, "X-Request-ID": {reqID}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		ready := read(t, c)
+		if before != nil {
+			before()
+		}
+		write(t, c, websocket.MessageText, frame)
+		return ready.SessionID, read(t, c)
+	}
+	s := e.openSession(t, e.key)
+	ch, _, _ := e.events(t, s.EventsURL)
+	next(t, ch)
+	if before != nil {
+		before()
+	}
+	resp, body := e.do(t, "POST", s.FramesURL, "", "application/json", frame, "X-Session-Token", s.Token, "X-Request-ID", reqID)
+	if resp.StatusCode != 202 {
+		t.Fatalf("frame: %d %s", resp.StatusCode, body)
+	}
+	return s.SessionID, next(t, ch).data
+}
+
+// TestStreamFrameFailuresLogged: a frame that fails for the server's own reason (the
+// model fails, its log row does not commit) is answered "internal", and logged at
+// error level with what finds it again: session, seq, transport, the client's frame id
+// and the request id. Never the key.
+func TestStreamFrameFailuresLogged(t *testing.T) {
+	for _, transport := range []string{"ws", "sse"} {
+		for _, cause := range []string{"model fails", "log commit fails"} {
+			t.Run(transport+"/"+cause, func(t *testing.T) {
+				logs, logger := newLogBuffer()
+				opts := []option{withLogger(logger)}
+				var before func()
+				if cause == "model fails" {
+					opts = append(opts, withClassifier(failing{realModel(t)}))
+				}
+				e := newEnv(t, opts...)
+				if cause == "log commit fails" {
+					// The real database, closed under the running writer once the
+					// stream is open: the frame's commit fails. (The env's cleanup
+					// closes it again, harmlessly.)
+					before = func() { e.db.Close() }
+				}
+				reqID := "req-" + transport + "-" + strings.ReplaceAll(cause, " ", "-")
+				sessionID, m := e.streamFrame(t, transport, reqID, smallPNG(t), before)
+				if m.Type != "error" || m.Code != "internal" || m.Seq != 1 || string(m.ID) != `"f-1"` || strings.Contains(m.Message, "test failure") {
+					t.Fatalf("answer %+v", m)
+				}
+				recs := logs.records(t, "stream frame failed")
+				if len(recs) != 1 {
+					t.Fatalf("%d log records of the failure:\n%s", len(recs), logs)
+				}
+				r := recs[0]
+				want := map[string]any{"level": "ERROR", "session_id": sessionID, "seq": 1.0, "transport": transport, "frame_id": "f-1", "request_id": reqID}
+				for k, v := range want {
+					if r[k] != v {
+						t.Errorf("log %s = %v, want %v", k, r[k], v)
+					}
+				}
+				if err, _ := r["err"].(string); err == "" {
+					t.Errorf("log without the error: %v", r)
+				}
+				if strings.Contains(logs.String(), e.key) || strings.Contains(logs.String(), e.key[8:]) {
+					t.Fatalf("the log holds the API key:\n%s", logs)
+				}
+			})
+		}
 	}
 }
 
