@@ -77,6 +77,7 @@ func (m *Main) Run(ctx context.Context) error {
 			MaxBodyBytes:   c.maxBodyBytes,
 			RequestTimeout: c.requestTimeout,
 			MaxBodies:      c.maxBodies,
+			ModelCheck:     c.modelCheck,
 			Stream: session.Limits{
 				MaxInFlight:     c.maxInFlight,
 				MaxMessageBytes: c.maxMessageBytes,

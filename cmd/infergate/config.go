@@ -27,6 +27,7 @@ type config struct {
 	sessionExpiry, revocationPoll   time.Duration
 	frameTimeout                    time.Duration
 	replay, maxStreams, maxBodies   int
+	modelCheck                      time.Duration
 	shutdownTimeout                 time.Duration
 	logLevel, logFormat             string
 }
@@ -73,6 +74,7 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.frameTimeout, "frame-timeout", 30*time.Second, "longest a stream frame waits for the model")
 	fs.IntVar(&c.replay, "replay", 256, "SSE events kept per session for Last-Event-ID")
 	fs.IntVar(&c.maxStreams, "max-streams", 1024, "streams and SSE sessions open on the server, all users together (503 overloaded above)")
+	fs.DurationVar(&c.modelCheck, "model-check-interval", 5*time.Second, "/readyz and /v1/model/info run a test inference at most once per interval, and report its outcome meanwhile")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "longest a graceful shutdown takes before connections are cut")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
