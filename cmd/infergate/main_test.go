@@ -255,7 +255,9 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.CloseNow()
-	c2.Read(ctx)
+	if _, msg, err := c2.Read(ctx); err != nil || !bytes.Contains(msg, []byte(`"type":"ready"`)) {
+		t.Fatalf("ready of the stream open at shutdown: %s %v", msg, err)
+	}
 	start := time.Now()
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	if _, _, err := c2.Read(ctx); websocket.CloseStatus(err) != websocket.StatusGoingAway {
