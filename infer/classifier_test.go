@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -436,14 +437,27 @@ func TestClassifyCancelRunning(t *testing.T) {
 	c := newClassifier(t, []infer.Backend{f}, fakeLabels, infer.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := classifyAsync(ctx, c, encodePNG(t, gradient(8, 8)))
+	release := sync.OnceFunc(func() { close(f.release) })
+	defer release() // a failure below must not leave Close waiting on the model
 	<-f.started
 	cancel()
+	// Classify has seen the cancellation: it left its select for the plain wait on
+	// the running job. It must still be there.
+	buf := make([]byte, 1<<20)
+	waitFor(t, func() bool {
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if strings.Contains(g, "[chan receive") && strings.Contains(g, "infer.(*Classifier).Classify(") {
+				return true
+			}
+		}
+		return false
+	})
 	select {
 	case err := <-done:
 		t.Fatalf("Classify returned %v while the model still ran its job", err)
-	case <-time.After(20 * time.Millisecond):
+	default:
 	}
-	close(f.release)
+	release()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("Classify = %v, want context.Canceled", err)
 	}

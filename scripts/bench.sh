@@ -66,7 +66,8 @@ stop_server() {
 	[ -n "$server_pid" ] || return 0
 	if kill -0 "$server_pid" 2>/dev/null; then
 		kill -TERM "$server_pid" 2>/dev/null || true
-		# A graceful shutdown is bounded by --shutdown-timeout (10 s); then insist.
+		# A graceful shutdown waits for what is in flight (bounded by
+		# --shutdown-timeout); the bench has stopped sending, so 15 s is plenty.
 		for _ in $(seq 1 150); do
 			kill -0 "$server_pid" 2>/dev/null || break
 			sleep 0.1

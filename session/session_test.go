@@ -126,6 +126,24 @@ func (l *memLog) Write(_ context.Context, row *storage.InferenceLog) error {
 	return nil
 }
 
+func (l *memLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.rows)
+}
+
+// waitFor polls cond until it holds, or fails the test after 10 s.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 type chanSink chan Event
 
 func (c chanSink) Send(ctx context.Context, ev Event) error {
@@ -177,10 +195,16 @@ func TestAnswersInArrivalOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, b := range []byte("dxba") {
+	// Each frame finishes (its row is written) before the next is let go.
+	for i, b := range []byte("dxb") {
 		close(cls.gate(b))
-		time.Sleep(10 * time.Millisecond)
+		waitFor(t, func() bool { return log.len() == i+1 })
 	}
+	// Three later frames are done; the first is not: nothing may have been sent.
+	if len(sink) != 0 {
+		t.Fatalf("%d answers sent before the first frame's", len(sink))
+	}
+	close(cls.gate('a'))
 	for i, want := range []string{"a", "b", "x", "d"} {
 		ev := <-sink
 		if ev.ID != want || ev.Seq != int64(i+1) {
@@ -231,10 +255,7 @@ func TestRegistryCapAndRevocation(t *testing.T) {
 		}
 	}
 	// Unowned streams are finished by the registry itself, with 4401.
-	deadline := time.Now().Add(2 * time.Second)
-	for reg.Len() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, func() bool { return reg.Len() == 0 })
 	store.mu.Lock()
 	defer store.mu.Unlock()
 	for _, st := range streams {

@@ -49,6 +49,10 @@ type Frame struct {
 	// answered with this error in its place in the order, and logged.
 	Err   error
 	Start time.Time // when the frame was read; zero = now
+	// RequestID is the id of the HTTP request that carried the frame (the WebSocket
+	// upgrade, or the frame's POST for SSE). It is only logged, with the frame's
+	// failures, so that a client's report can be matched to the server's log.
+	RequestID string
 }
 
 // Event is one message for the client, in stream order.
@@ -236,10 +240,23 @@ func (s *Stream) process(p *pending, f Frame) {
 	}, s.reg.codeOf)
 	p.ev.Latency, p.ev.Inference = out.Latency, out.Inference
 	if out.Err != nil {
+		if out.Status == 500 || errors.Is(out.Err, ErrLog) {
+			s.logFailure(p, f, out.Err)
+		}
 		p.ev.Kind, p.ev.Err = KindError, out.Err
 		return
 	}
 	p.ev.Kind, p.ev.Result = KindResult, out.Result
+}
+
+// logFailure logs a frame that failed for a reason of the server's own: its error maps
+// to status 500 (a model run that failed, say), or its log row did not commit. The
+// client gets only the code "internal"; this line is how an operator finds out why.
+// It never holds the key or the image.
+func (s *Stream) logFailure(p *pending, f Frame, err error) {
+	s.reg.log.Error("stream frame failed",
+		"session_id", s.ID, "seq", p.ev.Seq, "transport", s.Transport,
+		"frame_id", f.ID, "request_id", f.RequestID, "err", err)
 }
 
 // send delivers answers in order until the answers channel is closed. It owns the

@@ -225,15 +225,24 @@ func TestWriteReturnsAfterCommit(t *testing.T) {
 		return nil
 	}
 
-	// While the writer cannot commit, Write does not return.
+	// While the writer cannot commit, Write does not return: once the writer
+	// holds the row and waits for its connection, Write must still be waiting.
 	release := e.block(t)
+	waits := e.db.w.Stats().WaitCount
 	r := e.row(1)
 	done := make(chan error, 1)
 	go func() { done <- e.w.Write(ctx, r) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.db.w.Stats().WaitCount == waits {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never waited for its connection")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("Write returned %v before the commit", err)
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	release()
 	if err := <-done; err != nil {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/infergate/infergate/internal/testenv"
 	"github.com/infergate/infergate/storage"
@@ -61,7 +60,7 @@ func TestFairSharing(t *testing.T) {
 		go post("greedy", greedy, img, "image/png")
 	}
 	// Two run, the rest wait.
-	awaitCond(t, func() bool { return e.srv.cls.QueueLen() >= n-2 })
+	waitFor(t, "the greedy jobs queued", func() bool { return e.srv.cls.QueueLen() >= n-2 })
 	wg.Add(1)
 	go post("light", e.key, dog, "image/jpeg")
 	wg.Wait()
@@ -77,17 +76,5 @@ func TestFairSharing(t *testing.T) {
 	}
 	if rank < 0 || rank > 4 {
 		t.Errorf("light's request was answered %d of %d (order %v); want it among the first 5", rank+1, len(order), order)
-	}
-}
-
-// awaitCond polls cond until it holds, or fails the test after 10 s.
-func awaitCond(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 10s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

@@ -16,12 +16,14 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/infer/ort"
 	"github.com/infergate/infergate/internal/testenv"
 	"github.com/infergate/infergate/storage"
 )
@@ -429,20 +431,10 @@ func TestUsageAfterKnownSequence(t *testing.T) {
 func TestLogRowCommittedBeforeResponse(t *testing.T) {
 	e := newEnv(t)
 	dog := testenv.ReadImage(t, "dog.jpg")
-	raw, err := sql.Open("sqlite3", "file:"+e.dbPath+"?_busy_timeout=10000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	ctx := context.Background()
-	conn, err := raw.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		t.Fatal(err)
-	}
+	// Authenticate once first: that stores the key's last_used_at, a write the lock
+	// would hold up too, and the next authentications skip it for a minute.
+	e.do2(t, "GET", "/v1/usage", e.key, "", nil)
+	release := e.holdWriteLock(t)
 	done := make(chan int, 1)
 	go func() {
 		req, _ := http.NewRequest("POST", e.ts.URL+"/v1/classify", bytes.NewReader(dog))
@@ -456,19 +448,20 @@ func TestLogRowCommittedBeforeResponse(t *testing.T) {
 		resp.Body.Close()
 		done <- resp.StatusCode
 	}()
+	// The handler has its result and waits for the row, which the writer cannot commit.
+	waitGoroutine(t, "handleClassify", "storage.(*Writer).Write(")
+	waitGoroutine(t, "storage.(*Writer).insert(")
 	select {
 	case code := <-done:
 		t.Fatalf("response (%d) arrived while its log row could not be committed", code)
-	case <-time.After(1500 * time.Millisecond):
+	default:
 	}
-	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if code := <-done; code != 200 {
 		t.Fatalf("status %d", code)
 	}
 	var n int
-	if err := raw.QueryRowContext(ctx, "SELECT COUNT(*) FROM inference_logs WHERE status = 200 AND transport = 'post'").Scan(&n); err != nil || n != 1 {
+	if err := e.db.Bun.NewRaw("SELECT COUNT(*) FROM inference_logs WHERE status = 200 AND transport = 'post'").Scan(context.Background(), &n); err != nil || n != 1 {
 		t.Fatalf("rows %d, err %v", n, err)
 	}
 }
@@ -705,5 +698,114 @@ func TestMaxBodies(t *testing.T) {
 			t.Fatal("the place was not given back after the slow client left")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// counting is the real model, counting the images it is asked to classify.
+type counting struct {
+	Classifier
+	calls atomic.Int32
+}
+
+func (c *counting) Classify(ctx context.Context, img []byte, k int) (*infer.Result, error) {
+	c.calls.Add(1)
+	return c.Classifier.Classify(ctx, img, k)
+}
+
+// closedModel returns a real classifier of its own (the shared one must stay open),
+// already closed.
+func closedModel(t *testing.T) *infer.Classifier {
+	t.Helper()
+	realModel(t) // ONNX Runtime is initialised once, by the shared model
+	labels, err := infer.LoadLabels(testenv.Labels(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	backends, err := ort.OpenPool(testenv.Model(t), 1, ort.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := infer.New(backends, labels, infer.Options{Name: "mobilenetv2-12-int8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestReadinessAsksTheModel: /readyz and /v1/model/info run a real test inference,
+// at most once per ModelCheck however often they are called, and it is not logged
+// as anybody's request.
+func TestReadinessAsksTheModel(t *testing.T) {
+	clk := newClock()
+	model := &counting{Classifier: realModel(t)}
+	e := newEnv(t, withClock(clk), withClassifier(model))
+	if resp, body := e.do(t, "GET", "/readyz", "", "", nil); resp.StatusCode != 200 || !strings.Contains(string(body), `"status":"ready"`) {
+		t.Fatalf("readyz: %d %s", resp.StatusCode, body)
+	}
+	if n := model.calls.Load(); n != 1 {
+		t.Fatalf("readyz asked the model %d times, want 1", n)
+	}
+	for i := 0; i < 5; i++ {
+		e.do(t, "GET", "/readyz", "", "", nil)
+		e.do(t, "GET", "/v1/model/info", "", "", nil)
+		clk.Advance(time.Second - time.Millisecond)
+	}
+	if n := model.calls.Load(); n != 1 {
+		t.Fatalf("10 more probes within 5 s asked the model %d times in all, want 1", n)
+	}
+	clk.Advance(5 * time.Millisecond) // 5 s after the test inference
+	if resp, body := e.do(t, "GET", "/v1/model/info", "", "", nil); !strings.Contains(string(body), `"status":"loaded"`) {
+		t.Fatalf("model info: %d %s", resp.StatusCode, body)
+	}
+	if n := model.calls.Load(); n != 2 {
+		t.Fatalf("a probe 5 s after the test inference: %d calls in all, want 2", n)
+	}
+	var n int
+	if err := e.db.Bun.NewRaw("SELECT COUNT(*) FROM inference_logs").Scan(context.Background(), &n); err != nil || n != 0 {
+		t.Fatalf("test inferences logged: %d rows, %v", n, err)
+	}
+}
+
+// TestReadinessStates: what /readyz and the status of /v1/model/info say of a model
+// that fails, a model that is closed, a model that is busy, and a database that does
+// not answer.
+func TestReadinessStates(t *testing.T) {
+	cases := []struct {
+		name    string
+		model   func(t *testing.T) Classifier
+		breakDB bool
+		ready   int    // status of /readyz
+		reason  string // in its message
+		status  string // of the model, in /v1/model/info
+	}{
+		{"loaded", func(t *testing.T) Classifier { return realModel(t) }, false, 200, "", "loaded"},
+		{"model fails", func(t *testing.T) Classifier { return failing{realModel(t)} }, false, 503, "the model is failing: a test inference failed", "failing"},
+		{"model closed", func(t *testing.T) Classifier { return closedModel(t) }, false, 503, "the model is closed", "closed"},
+		{"model busy", func(t *testing.T) Classifier { return overloaded{realModel(t)} }, false, 200, "", "loaded"},
+		{"database closed", func(t *testing.T) Classifier { return realModel(t) }, true, 503, "the database does not answer", "loaded"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, withClassifier(tc.model(t)))
+			if tc.breakDB {
+				e.db.Close() // the env's cleanup closes it again, harmlessly
+			}
+			resp, body := e.do(t, "GET", "/readyz", "", "", nil)
+			if resp.StatusCode != tc.ready {
+				t.Fatalf("readyz: %d %s", resp.StatusCode, body)
+			}
+			if tc.ready != 200 && (errorOf(t, resp, body) != "unavailable" || !strings.Contains(string(body), tc.reason)) {
+				t.Fatalf("readyz: %s, want unavailable with %q", body, tc.reason)
+			}
+			resp, body = e.do(t, "GET", "/v1/model/info", "", "", nil)
+			var info struct{ Status string }
+			json.Unmarshal(body, &info)
+			if resp.StatusCode != 200 || info.Status != tc.status {
+				t.Fatalf("model info: %d %s, want status %q", resp.StatusCode, body, tc.status)
+			}
+		})
 	}
 }

@@ -3,7 +3,9 @@ package transport
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -32,14 +35,18 @@ var (
 	modelErr  error
 )
 
+// TestMain checks that the tests leave no goroutine behind: every server, stream,
+// client and the shared model are closed by then. The goroutines already running
+// before the first test (the runtime's, the test binary's) are the only ones ignored.
 func TestMain(m *testing.M) {
+	before := goleak.IgnoreCurrent()
 	code := m.Run()
 	if model != nil {
 		model.Close()
 		ort.Destroy()
 	}
 	if code == 0 {
-		if err := goleak.Find(goleak.IgnoreCurrent()); err != nil {
+		if err := goleak.Find(before); err != nil {
 			os.Stderr.WriteString("goroutine leak: " + err.Error() + "\n")
 			code = 1
 		}
@@ -120,6 +127,118 @@ func withClassifier(cl Classifier) option {
 }
 func withListener(wrap func(net.Listener) net.Listener) option {
 	return func(s *setup) { s.wrap = wrap }
+}
+func withLogger(l *slog.Logger) option { return func(s *setup) { s.cfg.Logger = l } }
+
+// logBuffer collects a server's JSON log lines.
+type logBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// records returns the log records whose message is msg.
+func (l *logBuffer) records(t testing.TB, msg string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(l.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+		if rec["msg"] == msg {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+func newLogBuffer() (*logBuffer, *slog.Logger) {
+	lb := &logBuffer{}
+	return lb, slog.New(slog.NewJSONHandler(lb, nil))
+}
+
+// waitFor polls cond until it holds, or fails the test after 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not reached in 10 s: %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// waitGoroutine waits until the stack of one goroutine holds every one of frames at
+// once: parts of frame lines as a stack trace prints them, such as
+// "session.(*Stream).Submit(" (the "(" leaves out closures, named "Submit.func1").
+// It is how a test knows that the server is blocked where it should be, not merely
+// slow, before it asserts that something has not happened.
+func waitGoroutine(t testing.TB, frames ...string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	waitFor(t, fmt.Sprintf("a goroutine in %q", frames), func() bool {
+		n := runtime.Stack(buf, true)
+		for n == len(buf) {
+			buf = make([]byte, 2*len(buf))
+			n = runtime.Stack(buf, true)
+		}
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			g, _, _ = strings.Cut(g, "\ncreated by ") // the frames only, not the creator
+			in := true
+			for _, f := range frames {
+				in = in && strings.Contains(g, f)
+			}
+			if in {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// holdWriteLock takes SQLite's write lock on the test database from a connection of
+// its own, as another process could, until the returned function (also run at
+// cleanup) releases it. No row can commit meanwhile: the writer waits for the lock,
+// up to storage.BusyTimeout.
+func (e *env) holdWriteLock(t testing.TB) (release func()) {
+	t.Helper()
+	raw, err := sql.Open("sqlite3", "file:"+e.dbPath+"?_busy_timeout=10000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	conn, err := raw.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
+				t.Errorf("release the write lock: %v", err)
+			}
+			conn.Close()
+			raw.Close()
+		})
+	}
+	t.Cleanup(release)
+	return release
 }
 
 func newEnv(t *testing.T, opts ...option) *env { return newEnvTB(t, opts...) }

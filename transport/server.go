@@ -1,11 +1,16 @@
 package transport
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"image"
+	"image/png"
 	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -69,6 +74,11 @@ type Limits struct {
 	// (default 16384, about 4 MiB at the default AuthFailures); past it the address
 	// whose last failure is oldest is forgotten.
 	AuthFailureAddresses int
+	// ModelCheck is how long the outcome of a test inference is trusted (default
+	// 5 s). GET /readyz and GET /v1/model/info ask the model to classify a tiny image
+	// at most once per ModelCheck, whatever the number of callers, so the probes
+	// cannot load the model; a shorter one notices a failing model sooner.
+	ModelCheck time.Duration
 	// Stream holds the limits of WebSocket and SSE sessions.
 	Stream session.Limits
 }
@@ -106,6 +116,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.AuthFailureAddresses <= 0 {
 		l.AuthFailureAddresses = 16384
+	}
+	if l.ModelCheck <= 0 {
+		l.ModelCheck = 5 * time.Second
 	}
 	l.Stream = l.Stream.WithDefaults()
 	return l
@@ -145,6 +158,7 @@ type Server struct {
 	pipeline *session.Pipeline
 	registry *session.Registry
 
+	check          modelCheck
 	sse            sseSessions
 	origins        *origins
 	trusted        []netip.Prefix
@@ -167,6 +181,7 @@ func New(cfg Config) *Server {
 		now:     cfg.Now,
 	}
 	s.model = s.cls.Info().Name
+	s.check.probe = probeImage()
 	s.bodies = make(chan struct{}, s.limits.MaxBodies)
 	s.lingers = make(chan struct{}, s.limits.MaxLingers)
 	s.origins = newOrigins(cfg.AllowedOrigins)
@@ -292,18 +307,96 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
 	if s.registry.ShuttingDown() {
 		s.writeError(w, r, errorf(CodeUnavailable, "the server is shutting down"))
 		return
 	}
+	if status, err := s.modelStatus(); status != modelLoaded {
+		s.log.WarnContext(r.Context(), "readiness: model", "status", status, "err", err)
+		s.writeError(w, r, errorf(CodeUnavailable, "the model is %s: %s", status, modelReason(err)))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+	defer cancel()
 	if err := s.db.Ping(ctx); err != nil {
 		s.log.WarnContext(ctx, "readiness: database", "err", err)
 		s.writeError(w, r, errorf(CodeUnavailable, "the database does not answer"))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "model": s.model})
+}
+
+// readyTimeout bounds each readiness check: a test inference, a database ping. A
+// model that takes longer than this on a tiny image is not fit to serve.
+const readyTimeout = 2 * time.Second
+
+// The model's status, as GET /v1/model/info reports it.
+const (
+	modelLoaded  = "loaded"  // the last test inference answered
+	modelFailing = "failing" // the last test inference failed or timed out
+	modelClosed  = "closed"  // the classifier is closed: the server is stopping
+)
+
+// modelCheck caches the outcome of the last test inference.
+type modelCheck struct {
+	probe []byte // the tiny image classified
+
+	mu  sync.Mutex // guards the fields below; held while a check runs, so checks never overlap
+	ran bool
+	at  time.Time
+	err error
+}
+
+// modelStatus returns the model's status and, unless it is loaded, why. It runs a
+// test inference when the last one is older than Limits.ModelCheck.
+func (s *Server) modelStatus() (string, error) {
+	c := &s.check
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := s.now(); !c.ran || now.Sub(c.at) >= s.limits.ModelCheck || now.Before(c.at) {
+		// Not the caller's context: a prober that hangs up must not leave a
+		// cancellation cached as the model's state.
+		ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+		_, err := s.cls.Classify(ctx, c.probe, 1)
+		cancel()
+		if errors.Is(err, infer.ErrOverloaded) {
+			// The model works and is busy: each request is told so, with Retry-After.
+			// Readiness is not load shedding.
+			err = nil
+		}
+		c.ran, c.at, c.err = true, s.now(), err
+	}
+	switch {
+	case c.err == nil:
+		return modelLoaded, nil
+	case errors.Is(c.err, infer.ErrClosed):
+		return modelClosed, c.err
+	}
+	return modelFailing, c.err
+}
+
+// modelReason says why the model is not loaded, in words safe to show anyone: the
+// error itself stays in the log.
+func modelReason(err error) string {
+	switch {
+	case errors.Is(err, infer.ErrClosed):
+		return "the server is stopping"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "a test inference did not answer within " + readyTimeout.String()
+	}
+	return "a test inference failed"
+}
+
+// probeImage is the image of the test inference: 8x8 grey pixels, PNG, so that the
+// check costs one model run and almost no decoding.
+func probeImage() []byte {
+	img := image.NewGray(image.Rect(0, 0, 8, 8))
+	for i := range img.Pix {
+		img.Pix[i] = 128
+	}
+	var b bytes.Buffer
+	png.Encode(&b, img) // cannot fail on an in-memory image
+	return b.Bytes()
 }
 
 type modelInfo struct {
@@ -327,6 +420,7 @@ type preprocess struct {
 }
 
 func (s *Server) handleModelInfo(w http.ResponseWriter, r *http.Request) {
+	status, _ := s.modelStatus()
 	info := s.cls.Info()
 	labels := s.cls.Labels()
 	sample := labels[:min(5, len(labels))]
@@ -335,7 +429,7 @@ func (s *Server) handleModelInfo(w http.ResponseWriter, r *http.Request) {
 		layout = "NHWC"
 	}
 	writeJSON(w, http.StatusOK, modelInfo{
-		Name: info.Name, Status: "loaded", NumLabels: len(labels),
+		Name: info.Name, Status: status, NumLabels: len(labels),
 		Input:        inputInfo{Name: info.InputName, Shape: info.InputShape, Layout: layout},
 		LabelsSample: sample,
 		Preprocess:   preprocess{Width: info.Width, Height: info.Height},

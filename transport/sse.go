@@ -263,6 +263,7 @@ func (s *Server) handleFrames(w http.ResponseWriter, r *http.Request) {
 	defer s.releaseBody()
 	s.bodyDeadline(w)
 	f := s.readFrame(r)
+	f.RequestID = requestID(r.Context())
 	seq, limited, err := ss.stream.Submit(r.Context(), f)
 	if err != nil {
 		if errors.Is(err, session.ErrClosed) {

@@ -255,37 +255,49 @@ func TestSSERateLimit(t *testing.T) {
 	}
 }
 
+// TestSSEExpiryAndHeartbeat: an event stream gets heartbeats; a session with a
+// listener does not expire, one without does, after IdleExpiry on the server's clock.
 func TestSSEExpiryAndHeartbeat(t *testing.T) {
-	e := newEnv(t, withLimits(func(l *Limits) {
+	clk := newClock()
+	e := newEnv(t, withClock(clk), withLimits(func(l *Limits) {
 		l.Stream.IdleExpiry = 400 * time.Millisecond
 		l.Stream.Heartbeat = 50 * time.Millisecond
 	}))
 	s := e.openSession(t, e.key)
-	// While a listener is attached, the session does not expire; heartbeats flow.
+	unheard := e.openSession(t, e.key)
 	ch, _, stop := e.events(t, s.EventsURL)
 	next(t, ch)
-	beats := 0
-	timeout := time.After(1 * time.Second)
-loop:
-	for {
+	for beats := 0; beats < 3; {
 		select {
-		case ev := <-ch:
+		case ev, ok := <-ch:
+			if !ok {
+				t.Fatal("event stream ended")
+			}
 			if ev.name == "comment" {
 				beats++
 			}
-		case <-timeout:
-			break loop
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d heartbeats in 10 s at 50 ms", beats)
 		}
 	}
-	if beats < 5 {
-		t.Fatalf("%d heartbeats in 1 s at 50 ms", beats)
+	// Both sessions pass IdleExpiry. The expiry pass that ends the unheard one looks
+	// at every session at once: the listened-to one stays.
+	clk.Advance(time.Second)
+	if st := waitSession(t, e, unheard.SessionID); *st.CloseCode != 4408 {
+		t.Fatalf("session without a listener: %+v", st)
 	}
 	if _, ok := e.srv.Registry().Get(s.SessionID); !ok {
 		t.Fatal("a listened-to session expired")
 	}
+	// Without its listener it expires too (the listener leaves when the server sees
+	// the request end; the clock moves until then).
 	stop()
-	st := waitSession(t, e, s.SessionID)
-	if *st.CloseCode != 4408 {
+	waitFor(t, "the session expired", func() bool {
+		clk.Advance(time.Second)
+		_, ok := e.srv.Registry().Get(s.SessionID)
+		return !ok
+	})
+	if st := waitSession(t, e, s.SessionID); *st.CloseCode != 4408 {
 		t.Fatalf("expired session %+v", st)
 	}
 	if r, _ := e.do(t, "POST", s.FramesURL, "", "image/png", smallPNG(t), "X-Session-Token", s.Token); r.StatusCode != 401 {

@@ -215,15 +215,16 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.P
 		closeWith(conn, e)
 		return
 	}
-	code := s.runStream(conn, st)
+	code := s.runStream(conn, st, requestID(r.Context()))
 	ctx, cancel := context.WithTimeout(context.Background(), lim.FrameTimeout)
 	defer cancel()
 	st.Finish(ctx, int(code))
 }
 
 // runStream reads frames until the client leaves or the stream is terminated, and
-// returns the close code it ended with.
-func (s *Server) runStream(conn *websocket.Conn, st *session.Stream) websocket.StatusCode {
+// returns the close code it ended with. reqID is the id of the upgrade request, which
+// the frames' failures are logged with.
+func (s *Server) runStream(conn *websocket.Conn, st *session.Stream, reqID string) websocket.StatusCode {
 	lim := s.registry.Limits()
 	ready, _ := json.Marshal(s.readyMessage(st))
 	wctx, cancel := context.WithTimeout(st.Context(), lim.WriteTimeout)
@@ -235,7 +236,7 @@ func (s *Server) runStream(conn *websocket.Conn, st *session.Stream) websocket.S
 	conn.SetReadLimit(lim.MaxMessageBytes)
 
 	readErr := make(chan error, 1)
-	go func() { readErr <- s.readFrames(conn, st) }()
+	go func() { readErr <- s.readFrames(conn, st, reqID) }()
 	pingDone := make(chan struct{})
 	stopPing := make(chan struct{})
 	go func() {
@@ -290,7 +291,7 @@ func closeReason(cause error) string {
 
 // readFrames reads messages and submits them to the stream until the connection
 // fails or the stream is terminated.
-func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream) error {
+func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream, reqID string) error {
 	for {
 		// Reads use a context that never ends: cancelling a Read closes the
 		// connection at once, and a terminated stream must answer its frames first.
@@ -300,7 +301,7 @@ func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream) error {
 		}
 		now := s.now()
 		if typ == websocket.MessageBinary {
-			f := session.Frame{Image: data, TopK: defaultTopK, Start: now}
+			f := session.Frame{Image: data, TopK: defaultTopK, Start: now, RequestID: reqID}
 			if len(data) == 0 {
 				f.Err = errorf(CodeInvalidImage, "empty binary message")
 			}
@@ -310,6 +311,7 @@ func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream) error {
 			continue
 		}
 		f, ping := parseFrame(data, now, false)
+		f.RequestID = reqID
 		if ping {
 			err = st.Ping(st.Context())
 		} else {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -451,12 +452,14 @@ func TestStreamBackpressure(t *testing.T) {
 		}
 		written <- nil
 	}()
-	time.Sleep(500 * time.Millisecond)
+	// Two frames in the model, and the reader parked in Submit with the third,
+	// waiting for a slot: it reads nothing more until one frees.
+	waitFor(t, "two frames in the model", func() bool { return g.calls.Load() == 2 })
+	waitGoroutine(t, "transport.(*Server).readFrames(", "session.(*Stream).Submit(")
 	st, _ := e.srv.Registry().Get(ready.SessionID)
 	received, _ := st.Counts()
-	// Two frames in processing, one read and waiting for a slot: no more is read.
-	if calls := g.calls.Load(); calls != 2 || received > 3 {
-		t.Fatalf("with the model blocked: %d in the model, %d frames read (want 2 and <= 3)", calls, received)
+	if calls := g.calls.Load(); calls != 2 || received != 2 {
+		t.Fatalf("with the model blocked: %d in the model, %d frames admitted (want 2 and 2)", calls, received)
 	}
 	close(g.gate)
 	for i := 1; i <= n; i++ {
@@ -576,16 +579,14 @@ func TestStreamShutdownDrains(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		write(t, c, websocket.MessageBinary, png)
 	}
-	for g.calls.Load() < 3 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "three frames in the model", func() bool { return g.calls.Load() == 3 })
 	shut := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		shut <- e.srv.Shutdown(ctx)
 	}()
-	time.Sleep(100 * time.Millisecond)
+	waitFor(t, "shutdown begun", e.srv.Registry().ShuttingDown)
 	if _, resp, err := e.dial(t, key); err == nil || resp.StatusCode != 503 {
 		t.Fatalf("new stream during shutdown: %v %v", err, resp)
 	}
@@ -606,22 +607,27 @@ func TestStreamShutdownDrains(t *testing.T) {
 	}
 }
 
+// TestStreamClientLeavesMidFrame: a client vanishes (no close frame) while its frame
+// is in the model. The server notices at once (its read loop ends and the stream
+// drains), still answers and logs the frame, and records the abnormal closure.
 func TestStreamClientLeavesMidFrame(t *testing.T) {
 	g := newGated(t)
 	e := newEnv(t, withClassifier(g))
 	c, ready := e.stream(t, e.key)
 	write(t, c, websocket.MessageBinary, smallPNG(t))
-	for g.calls.Load() < 1 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the frame in the model", func() bool { return g.calls.Load() == 1 })
 	c.CloseNow()
-	time.Sleep(50 * time.Millisecond)
+	// Noticed while the frame is still in the model, not when its answer fails to go.
+	waitGoroutine(t, "transport.(*Server).runStream(", "session.(*Stream).Drain(")
 	close(g.gate)
 	st := waitSession(t, e, ready.SessionID)
-	var n int
-	e.db.Bun.NewRaw("SELECT COUNT(*) FROM inference_logs WHERE session_id = ?", ready.SessionID).Scan(context.Background(), &n)
-	if n != 1 || st.FramesReceived != 1 {
-		t.Fatalf("the frame of a client that left must still be logged: %d rows, %+v", n, st)
+	if st.CloseCode == nil || *st.CloseCode != int(websocket.StatusAbnormalClosure) || st.FramesReceived != 1 {
+		t.Fatalf("session of a client that left: %+v", st)
+	}
+	var status []int
+	e.db.Bun.NewRaw("SELECT status FROM inference_logs WHERE session_id = ?", ready.SessionID).Scan(context.Background(), &status)
+	if len(status) != 1 || status[0] != 200 {
+		t.Fatalf("the frame of a client that left must still be inferred and logged: %v", status)
 	}
 }
 
@@ -685,5 +691,188 @@ func TestStreamFrameTimeout(t *testing.T) {
 	write(t, c, websocket.MessageBinary, smallPNG(t))
 	if m := read(t, c); m.Type != "result" || m.Seq != 2 {
 		t.Fatalf("%+v", m)
+	}
+}
+
+// failing is the real model's description with a Classify that always fails, as a
+// broken model run would: the real model cannot be made to fail on demand.
+type failing struct{ Classifier }
+
+func (failing) Classify(context.Context, []byte, int) (*infer.Result, error) {
+	return nil, errors.New("onnxruntime: run: test failure")
+}
+
+// streamFrame opens a stream of the given transport ("ws" or "sse"), runs before (if
+// not nil), sends one frame with id "f-1", and returns the stream's session id and
+// the frame's answer. The requests that open the stream and carry the frame have the
+// X-Request-ID reqID.
+func (e *env) streamFrame(t *testing.T, transport, reqID string, img []byte, before func()) (string, wsMsg) {
+	t.Helper()
+	frame := []byte(`{"type":"frame","id":"f-1","image":"` + base64.StdEncoding.EncodeToString(img) + `"}`)
+	if transport == "ws" {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.ts.URL, "http")+"/v1/stream", &websocket.DialOptions{
+			HTTPHeader: http.Header{"Authorization": {"Bearer " + e.key}, "X-Request-ID": {reqID}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		ready := read(t, c)
+		if before != nil {
+			before()
+		}
+		write(t, c, websocket.MessageText, frame)
+		return ready.SessionID, read(t, c)
+	}
+	s := e.openSession(t, e.key)
+	ch, _, _ := e.events(t, s.EventsURL)
+	next(t, ch)
+	if before != nil {
+		before()
+	}
+	resp, body := e.do(t, "POST", s.FramesURL, "", "application/json", frame, "X-Session-Token", s.Token, "X-Request-ID", reqID)
+	if resp.StatusCode != 202 {
+		t.Fatalf("frame: %d %s", resp.StatusCode, body)
+	}
+	return s.SessionID, next(t, ch).data
+}
+
+// TestStreamFrameFailuresLogged: a frame that fails for the server's own reason (the
+// model fails, its log row does not commit) is answered "internal", and logged at
+// error level with what finds it again: session, seq, transport, the client's frame id
+// and the request id. Never the key.
+func TestStreamFrameFailuresLogged(t *testing.T) {
+	for _, transport := range []string{"ws", "sse"} {
+		for _, cause := range []string{"model fails", "log commit fails"} {
+			t.Run(transport+"/"+cause, func(t *testing.T) {
+				logs, logger := newLogBuffer()
+				opts := []option{withLogger(logger)}
+				var before func()
+				if cause == "model fails" {
+					opts = append(opts, withClassifier(failing{realModel(t)}))
+				}
+				e := newEnv(t, opts...)
+				if cause == "log commit fails" {
+					// The real database, closed under the running writer once the
+					// stream is open: the frame's commit fails. (The env's cleanup
+					// closes it again, harmlessly.)
+					before = func() { e.db.Close() }
+				}
+				reqID := "req-" + transport + "-" + strings.ReplaceAll(cause, " ", "-")
+				sessionID, m := e.streamFrame(t, transport, reqID, smallPNG(t), before)
+				if m.Type != "error" || m.Code != "internal" || m.Seq != 1 || string(m.ID) != `"f-1"` || strings.Contains(m.Message, "test failure") {
+					t.Fatalf("answer %+v", m)
+				}
+				recs := logs.records(t, "stream frame failed")
+				if len(recs) != 1 {
+					t.Fatalf("%d log records of the failure:\n%s", len(recs), logs)
+				}
+				r := recs[0]
+				want := map[string]any{"level": "ERROR", "session_id": sessionID, "seq": 1.0, "transport": transport, "frame_id": "f-1", "request_id": reqID}
+				for k, v := range want {
+					if r[k] != v {
+						t.Errorf("log %s = %v, want %v", k, r[k], v)
+					}
+				}
+				if err, _ := r["err"].(string); err == "" {
+					t.Errorf("log without the error: %v", r)
+				}
+				if strings.Contains(logs.String(), e.key) || strings.Contains(logs.String(), e.key[8:]) {
+					t.Fatalf("the log holds the API key:\n%s", logs)
+				}
+			})
+		}
+	}
+}
+
+// TestStreamResultWaitsForCommit holds SQLite's write lock from another connection
+// while a stream's frame is classified: its result must not reach the client until
+// the lock is released and the row commits (SPEC: "a result is sent to a client only
+// after its log row is committed"), and then its row is there.
+func TestStreamResultWaitsForCommit(t *testing.T) {
+	for _, transport := range []string{"ws", "sse"} {
+		t.Run(transport, func(t *testing.T) {
+			e := newEnv(t)
+			dog := testenv.ReadImage(t, "dog.jpg")
+			var sessionID string
+			var send func()
+			var nothingYet func() // fails the test if anything reached the client
+			var answer func() wsMsg
+			if transport == "ws" {
+				c, ready := e.stream(t, e.key)
+				sessionID = ready.SessionID
+				msgs := make(chan wsMsg, 4)
+				go func() { // ends when the connection closes, at cleanup
+					defer close(msgs)
+					for {
+						_, b, err := c.Read(context.Background())
+						if err != nil {
+							return
+						}
+						var m wsMsg
+						json.Unmarshal(b, &m)
+						msgs <- m
+					}
+				}()
+				send = func() { write(t, c, websocket.MessageBinary, dog) }
+				nothingYet = func() {
+					// A pong comes after whatever the server sent before it.
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					if err := c.Ping(ctx); err != nil {
+						t.Fatal(err)
+					}
+					select {
+					case m := <-msgs:
+						t.Fatalf("%+v reached the client while its row could not commit", m)
+					default:
+					}
+				}
+				answer = func() wsMsg {
+					select {
+					case m := <-msgs:
+						return m
+					case <-time.After(20 * time.Second):
+						t.Fatal("no answer after the lock was released")
+					}
+					return wsMsg{}
+				}
+			} else {
+				s := e.openSession(t, e.key)
+				sessionID = s.SessionID
+				ch, _, _ := e.events(t, s.EventsURL)
+				next(t, ch)
+				send = func() {
+					if r, body := e.do(t, "POST", s.FramesURL, "", "image/jpeg", dog, "X-Session-Token", s.Token); r.StatusCode != 202 {
+						t.Fatalf("frame: %d %s", r.StatusCode, body)
+					}
+				}
+				nothingYet = func() {
+					// The session's sink is its replay buffer, which the event stream reads.
+					ss := e.srv.sse.get(sessionID)
+					if evs, _, _, _, _ := ss.replay.After(ss.replay.Since(0)); len(evs) != 0 {
+						t.Fatalf("%+v reached the event stream while its row could not commit", evs)
+					}
+				}
+				answer = func() wsMsg { return next(t, ch).data }
+			}
+			release := e.holdWriteLock(t)
+			send()
+			// The frame is classified and waits for its row, which the writer, trying
+			// to commit, cannot write.
+			waitGoroutine(t, "session.(*Stream).process(", "storage.(*Writer).Write(")
+			waitGoroutine(t, "storage.(*Writer).insert(")
+			nothingYet()
+			release()
+			if m := answer(); m.Type != "result" || m.Seq != 1 || !malamuteFamily(m.Predictions.top()) {
+				t.Fatalf("answer after the commit: %+v", m)
+			}
+			var status int
+			if err := e.db.Bun.NewRaw("SELECT status FROM inference_logs WHERE session_id = ? AND seq = 1", sessionID).Scan(context.Background(), &status); err != nil || status != 200 {
+				t.Fatalf("the row of the answered frame: status %d, %v", status, err)
+			}
+		})
 	}
 }

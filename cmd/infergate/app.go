@@ -117,6 +117,7 @@ func (m *Main) Run(ctx context.Context) error {
 			AuthFailures:         c.authFailures,
 			AuthFailureWindow:    c.authFailureWindow,
 			AuthFailureAddresses: c.authFailureAddrs,
+			ModelCheck:           c.modelCheck,
 			Stream: session.Limits{
 				MaxInFlight:     c.maxInFlight,
 				MaxMessageBytes: c.maxMessageBytes,
@@ -220,10 +221,12 @@ func (m *Main) ensureDemoUser(ctx context.Context) error {
 	return nil
 }
 
-// Close shuts down in order, each step bounded by the shutdown timeout: stop
-// accepting, end streams after answering their frames in flight (1001), wait for
-// requests, close the model, stop pruning old logs, flush the log writer, close
-// the database. Idempotent.
+// Close shuts down in order, all steps together bounded by the shutdown timeout:
+// stop accepting and end the streams (each answers its frames in flight, then closes
+// with 1001) while the requests in flight finish; flush the log writer; close the
+// database; and only then close the model and destroy ONNX Runtime, which nothing
+// can call any more. Pruning of old logs stops before the flush. Each step is
+// logged with its duration. Idempotent.
 func (m *Main) Close() error {
 	m.closeOnce.Do(func() { m.closeErr = m.close() })
 	return m.closeErr
@@ -232,47 +235,62 @@ func (m *Main) Close() error {
 func (m *Main) close() error {
 	timeout := m.cfg.shutdownTimeout
 	if timeout <= 0 {
-		timeout = 10 * time.Second
+		c := m.cfg
+		c.shutdownTimeout = 0
+		c.resolve()
+		timeout = c.shutdownTimeout
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var errs []error
-	if m.HTTP != nil {
-		// http.Server.Shutdown closes the listener at once and waits for requests;
-		// streams are hijacked or long-lived, so the registry ends them alongside.
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := m.Server.Shutdown(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("end streams: %w", err))
-			}
-		}()
-		if err := m.HTTP.Shutdown(ctx); err != nil {
-			m.HTTP.Close()
+	step := func(name string, f func() error) {
+		start := time.Now()
+		err := f()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 		}
-		wg.Wait()
-		if err := <-m.serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errs = append(errs, err)
+		if m.log != nil {
+			m.log.Info("shutdown", "step", name, "took", time.Since(start).Round(time.Millisecond), "err", err)
 		}
 	}
-	if m.Classifier != nil {
-		m.Classifier.Close()
-		ort.Destroy()
+	if m.HTTP != nil {
+		step("end streams and requests", func() error {
+			// http.Server.Shutdown closes the listener at once and waits for requests;
+			// streams are hijacked or long-lived, so the registry ends them alongside.
+			streams := make(chan error, 1)
+			go func() { streams <- m.Server.Shutdown(ctx) }()
+			var errs []error
+			if err := m.HTTP.Shutdown(ctx); err != nil {
+				m.HTTP.Close()
+				errs = append(errs, fmt.Errorf("requests: %w", err))
+			}
+			if err := <-streams; err != nil {
+				errs = append(errs, fmt.Errorf("streams: %w", err))
+			}
+			if err := <-m.serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs = append(errs, err)
+			}
+			return errors.Join(errs...)
+		})
+	} else if m.Server != nil {
+		step("end streams", func() error { return m.Server.Shutdown(ctx) })
 	}
 	if m.stopRetention != nil {
 		m.stopRetention() // a batch being deleted rolls back; the next start prunes again
 		<-m.retentionDone
 	}
 	if m.Writer != nil {
-		if err := m.Writer.Close(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("flush log: %w", err))
-		}
+		step("flush log", func() error { return m.Writer.Close(ctx) })
 	}
 	if m.DB != nil {
-		if err := m.DB.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close database: %w", err))
-		}
+		step("close database", m.DB.Close)
+	}
+	if m.Classifier != nil {
+		step("close model", func() error {
+			err := m.Classifier.Close()
+			ort.Destroy()
+			return err
+		})
 	}
 	if m.log != nil {
 		m.log.Info("stopped")

@@ -31,6 +31,7 @@ type config struct {
 	sessionExpiry, revocationPoll   time.Duration
 	frameTimeout                    time.Duration
 	replay, maxStreams, maxBodies   int
+	modelCheck                      time.Duration
 	shutdownTimeout                 time.Duration
 	logLevel, logFormat             string
 	logRetention                    age
@@ -91,7 +92,6 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.frameTimeout, "frame-timeout", 30*time.Second, "longest a stream frame waits for the model")
 	fs.IntVar(&c.replay, "replay", 256, "SSE events kept per session for Last-Event-ID")
 	fs.IntVar(&c.maxStreams, "max-streams", 1024, "streams and SSE sessions open on the server, all users together (503 overloaded above)")
-	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "longest a graceful shutdown takes before connections are cut")
 	fs.Var(&c.logRetention, "log-retention", "delete inference log rows older than this, e.g. 90d or 36h (0, the default, keeps them forever); usage then covers the kept window")
 	fs.DurationVar(&c.logPruneInterval, "log-prune-interval", time.Hour, "how often old inference log rows are deleted, with --log-retention")
 	fs.IntVar(&c.logPruneBatch, "log-prune-batch", storage.DefaultPruneBatch, "inference log rows deleted per transaction; the log writer may wait for one batch")
@@ -101,9 +101,29 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.authFailureWindow, "auth-failure-window", time.Minute, "sliding window of --auth-failures")
 	fs.IntVar(&c.authFailureAddrs, "auth-failure-addresses", 16384, "client addresses whose failed authentications are kept; past it the one whose last failure is oldest is forgotten")
 	fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated addresses or CIDR networks of reverse proxies whose X-Forwarded-For names the client (for --auth-failures); empty: the TCP peer is the client")
+	fs.DurationVar(&c.modelCheck, "model-check-interval", 5*time.Second, "/readyz and /v1/model/info run a test inference at most once per interval, and report its outcome meanwhile")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 0, "longest a graceful shutdown takes before connections are cut; 0 = the longer of --frame-timeout and --request-timeout, plus --write-timeout, plus 5s. Must be longer than both")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	return fs
+}
+
+// shutdownMargin is what a shutdown needs beyond the longest wait for the model and
+// the write of the answer: flushing the log, closing the database and the model.
+const shutdownMargin = 5 * time.Second
+
+// resolve fills in the settings derived from others and checks the ones that must
+// agree: a graceful shutdown must outlast a frame or request in flight, or it would
+// cut the very answers it waits for.
+func (c *config) resolve() error {
+	longest := max(c.frameTimeout, c.requestTimeout)
+	switch {
+	case c.shutdownTimeout == 0:
+		c.shutdownTimeout = longest + c.writeTimeout + shutdownMargin
+	case c.shutdownTimeout <= longest:
+		return fmt.Errorf("--shutdown-timeout %v must be longer than --frame-timeout and --request-timeout (%v): a shutdown answers the frames and requests in flight first; leave it 0 to derive it", c.shutdownTimeout, longest)
+	}
+	return nil
 }
 
 // parse parses args over the INFERGATE_* environment: a flag given on the command line

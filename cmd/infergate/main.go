@@ -27,14 +27,37 @@ import (
 var version = "0.1.0-dev"
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx := shutdownSignals(os.Stderr)
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "infergate:", err)
 		}
 		os.Exit(2)
 	}
+}
+
+// shutdownSignals returns a context that ends at the first SIGINT or SIGTERM, which
+// starts a graceful shutdown. A second one during that shutdown ends the process at
+// once, with status 128 + the signal's number (130 for SIGINT, 143 for SIGTERM) as a
+// shell reports a process killed by it, after a line on stderr: an operator who asks
+// twice does not want to wait for the frames in flight.
+func shutdownSignals(stderr io.Writer) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	// This goroutine lives as long as the process: it ends it on a second signal.
+	go func() {
+		<-sigs
+		cancel()
+		sig := <-sigs
+		n := 1
+		if s, ok := sig.(syscall.Signal); ok {
+			n = 128 + int(s)
+		}
+		fmt.Fprintf(stderr, "infergate: second signal (%v) during shutdown: exiting now, without waiting for what is in flight\n", sig)
+		os.Exit(n)
+	}()
+	return ctx
 }
 
 const usage = `usage: infergate <command> [flags]
@@ -92,6 +115,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("serve takes no arguments, got %q", fs.Args())
+	}
+	if err := c.resolve(); err != nil {
+		return err
 	}
 	m := NewMain(c, stdout, stderr)
 	if err := m.Run(ctx); err != nil {

@@ -5,14 +5,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -40,8 +44,45 @@ type server struct {
 	url    string
 	key    string
 	db     string
-	stdout *bytes.Buffer
-	stderr *bytes.Buffer
+	stdout *syncBuffer
+	stderr *syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer that the process's output may fill while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) WriteString(s string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.b.WriteString(s)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// waitFor polls cond until it holds, or fails the test after 30 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not reached in 30 s: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func startServer(t *testing.T, bin string, env ...string) *server {
@@ -65,7 +106,7 @@ func startServer(t *testing.T, bin string, env ...string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{cmd: cmd, db: db, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	s := &server{cmd: cmd, db: db, stdout: &syncBuffer{}, stderr: &syncBuffer{}}
 	cmd.Stderr = s.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -220,7 +261,9 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.CloseNow()
-	c2.Read(ctx)
+	if _, msg, err := c2.Read(ctx); err != nil || !bytes.Contains(msg, []byte(`"type":"ready"`)) {
+		t.Fatalf("ready of the stream open at shutdown: %s %v", msg, err)
+	}
 	start := time.Now()
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	if _, _, err := c2.Read(ctx); websocket.CloseStatus(err) != websocket.StatusGoingAway {
@@ -231,6 +274,16 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Fatalf("shutdown took %v", d)
+	}
+	// In order: nothing is in flight when the log is flushed, nothing writes when the
+	// database closes, and nothing can call the model when ONNX Runtime is destroyed.
+	last := -1
+	for _, step := range []string{"end streams and requests", "flush log", "close database", "close model"} {
+		i := strings.Index(s.stderr.String(), `msg=shutdown step="`+step+`"`)
+		if i < 0 || i < last {
+			t.Fatalf("shutdown step %q out of order (or missing):\n%s", step, s.stderr)
+		}
+		last = i
 	}
 	// Every request it answered was logged before it exited.
 	if out := cli(t, bin, s.db, "usage", "--email", "demo@localhost"); !strings.Contains(out, `"total_requests": 1`) {
@@ -257,6 +310,8 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve", "--log-retention", "1.5d"}, nil, "whole days"},
 		{[]string{"serve"}, []string{"INFERGATE_LOG_RETENTION=forever"}, "INFERGATE_LOG_RETENTION"},
 		{[]string{"serve", "--log-prune-batch", "0"}, nil, "must be positive"},
+		{[]string{"serve", "--shutdown-timeout", "20s"}, nil, "--shutdown-timeout 20s must be longer"},
+		{[]string{"serve", "--frame-timeout", "1m"}, []string{"INFERGATE_SHUTDOWN_TIMEOUT=45s"}, "--shutdown-timeout 45s must be longer"},
 	}
 	for _, tc := range cases {
 		for _, kv := range tc.env {
@@ -382,17 +437,6 @@ func sessionRow(t *testing.T, path, id string) *storage.Session {
 	return s
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestHousekeeping drives the real binary: a session left open by a killed server
 // is ended by the next start and by nothing else; logs prune works beside a running
 // server; and serve --log-retention prunes by itself.
@@ -505,7 +549,7 @@ func TestHousekeeping(t *testing.T) {
 		old := time.Now().Add(-3 * 24 * time.Hour)
 		writeLogs(t, path, "old@test", old, old.Add(time.Minute), time.Now().Add(-time.Hour))
 		s := startServer(t, bin, "INFERGATE_DB="+path, "INFERGATE_LOG_RETENTION=2d", "INFERGATE_LOG_PRUNE_BATCH=1")
-		waitUntil(t, "the server pruned the rows older than 2 days", func() bool { return countLogs(t, path) == 1 })
+		waitFor(t, "the server pruned the rows older than 2 days", func() bool { return countLogs(t, path) == 1 })
 		s.cmd.Process.Signal(syscall.SIGTERM)
 		if err := s.cmd.Wait(); err != nil {
 			t.Fatalf("exit: %v", err)
@@ -533,4 +577,84 @@ func TestPrefixes(t *testing.T) {
 	if got, err := prefixes(""); err != nil || len(got) != 0 {
 		t.Fatalf("empty: %v %v", got, err)
 	}
+}
+
+// TestShutdownTimeout: left at 0, the shutdown timeout is derived so that it covers a
+// frame or request in flight; set, it must.
+func TestShutdownTimeout(t *testing.T) {
+	cases := []struct {
+		args []string
+		want time.Duration // 0: refused
+	}{
+		{nil, 45 * time.Second},
+		{[]string{"--frame-timeout", "1m"}, 75 * time.Second},
+		{[]string{"--request-timeout", "1m", "--write-timeout", "1s"}, 66 * time.Second},
+		{[]string{"--shutdown-timeout", "31s"}, 31 * time.Second},
+		{[]string{"--shutdown-timeout", "30s"}, 0},
+		{[]string{"--frame-timeout", "5s", "--request-timeout", "5s", "--shutdown-timeout", "6s"}, 6 * time.Second},
+	}
+	for _, tc := range cases {
+		var c config
+		if err := parse(serveFlags(&c), tc.args); err != nil {
+			t.Fatal(err)
+		}
+		err := c.resolve()
+		if tc.want == 0 {
+			if err == nil {
+				t.Errorf("%v: shutdown timeout %v accepted", tc.args, c.shutdownTimeout)
+			}
+			continue
+		}
+		if err != nil || c.shutdownTimeout != tc.want {
+			t.Errorf("%v: %v, %v; want %v", tc.args, c.shutdownTimeout, err, tc.want)
+		}
+	}
+}
+
+// TestSecondSignalForcesExit: a graceful shutdown waits for the requests in flight;
+// a second SIGTERM during it ends the process at once, with status 143 and a line
+// that says so.
+func TestSecondSignalForcesExit(t *testing.T) {
+	bin := binary(t)
+	// A POST whose body never ends holds the graceful shutdown for the request
+	// timeout: a minute, far beyond what this test waits.
+	s := startServer(t, bin, "INFERGATE_REQUEST_TIMEOUT=1m")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\npartial", s.key)
+	// In flight: the stalled POST and the metrics request that counts it.
+	waitFor(t, "the stalled request in flight", func() bool {
+		resp, err := http.Get(s.url + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "infergate_http_requests_in_flight 2")
+	})
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "the graceful shutdown begun", func() bool { return strings.Contains(s.stdout.String(), "shutting down") })
+
+	start := time.Now()
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- s.cmd.Wait() }()
+	select {
+	case err = <-exited:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-exited
+		t.Fatal("a second SIGTERM did not end the process within 10 s")
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 128+int(syscall.SIGTERM) {
+		t.Fatalf("exit after a second SIGTERM: %v, want status 143", err)
+	}
+	if !strings.Contains(s.stderr.String(), "second signal (terminated) during shutdown: exiting now") {
+		t.Fatalf("no line about the forced exit:\n%s", s.stderr)
+	}
+	t.Logf("exited %v after the second signal", time.Since(start).Round(time.Millisecond))
 }
