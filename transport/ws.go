@@ -447,7 +447,9 @@ func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr n
 }
 
 // keepalive pings the peer every PingInterval; a peer that does not answer within
-// the interval is dead, and its connection is closed.
+// the interval is dead, and its connection is closed. Once the stream is ending
+// (shutdown, revocation) it stops: the graceful close answers the frames in flight
+// and sends its close code, which a failed ping must not cut short.
 func (s *Server) keepalive(conn *websocket.Conn, st *session.Stream, stop <-chan struct{}) {
 	every := s.registry.Limits().PingInterval
 	t := time.NewTicker(every)
@@ -456,14 +458,18 @@ func (s *Server) keepalive(conn *websocket.Conn, st *session.Stream, stop <-chan
 		select {
 		case <-stop:
 			return
+		case <-st.Context().Done():
+			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(st.Context(), every)
+			// Not the stream's context: its end would fail the ping at once.
+			ctx, cancel := context.WithTimeout(context.Background(), every)
 			err := conn.Ping(ctx)
 			cancel()
 			if err != nil {
-				if st.Context().Err() == nil {
-					s.log.Info("closing dead stream", "session_id", st.ID)
+				if st.Context().Err() != nil {
+					return // ending gracefully; the close is under way
 				}
+				s.log.Info("closing dead stream", "session_id", st.ID)
 				conn.CloseNow()
 				return
 			}

@@ -568,8 +568,18 @@ func TestStreamRevocation(t *testing.T) {
 }
 
 func TestStreamShutdownDrains(t *testing.T) {
+	t.Run("default keepalive", func(t *testing.T) { testStreamShutdownDrains(t, 0) })
+	// Pings fall due while the stream drains: they must not cut its close short.
+	t.Run("keepalive during the drain", func(t *testing.T) { testStreamShutdownDrains(t, 10*time.Millisecond) })
+}
+
+func testStreamShutdownDrains(t *testing.T, ping time.Duration) {
 	g := newGated(t)
-	e := newEnv(t, withClassifier(g))
+	e := newEnv(t, withClassifier(g), withLimits(func(l *Limits) {
+		if ping > 0 {
+			l.Stream.PingInterval = ping
+		}
+	}))
 	key := e.newKey(t, "drain@test", storage.Limits{FramesPerSecond: 100})
 	c, ready := e.stream(t, key)
 	png := smallPNG(t)
@@ -586,6 +596,11 @@ func TestStreamShutdownDrains(t *testing.T) {
 	waitFor(t, "shutdown begun", e.srv.Registry().ShuttingDown)
 	if _, resp, err := e.dial(t, key); err == nil || resp.StatusCode != 503 {
 		t.Fatalf("new stream during shutdown: %v %v", err, resp)
+	}
+	if ping > 0 {
+		// Let several pings fall due on the ending stream; a keepalive that pinged
+		// with the stream's (ended) context failed at once and cut the connection.
+		time.Sleep(10 * ping)
 	}
 	close(g.gate)
 	for i := 1; i <= 3; i++ {
