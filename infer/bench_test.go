@@ -4,12 +4,15 @@ import (
 	"context"
 	"image"
 	"image/draw"
+	"math/rand/v2"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/infergate/infergate/infer"
 	"github.com/infergate/infergate/infer/jpegturbo"
 	"github.com/infergate/infergate/infer/ort"
+	"github.com/infergate/infergate/internal/jpegenc"
 	"github.com/infergate/infergate/internal/testenv"
 )
 
@@ -22,6 +25,62 @@ func BenchmarkDecodeDogJPEG(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkDecodeWorstJPEG decodes the costliest JPEGs that the default limits
+// let through, with image/jpeg (Decode) and with libjpeg-turbo at the size the
+// default preprocessing asks for: "cap" is a flat 6000x6000 image of 31 scans,
+// 17.4 million block visits, just under the default block limit; "photo" the
+// largest ordinary photo, 40 megapixels (7744x5164) with detail, 7.7 MB,
+// progressive 4:4:4 (libjpeg's 10 scans). image/jpeg would need 600 MB for
+// the photo, over the default memory limit, so it is timed with the limit
+// raised. The point is how the two compare: a JPEG within the limits costs no
+// more than an ordinary large photo.
+func BenchmarkDecodeWorstJPEG(b *testing.B) {
+	photo := photoLike(7744, 5164)
+	data, err := jpegenc.Encode(photo, jpegenc.Options{Quality: 85, Progressive: true, Subsample: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	images := []struct {
+		name string
+		data []byte
+	}{{"cap", testenv.ScanBomb(6000, 6000, 30)}, {"photo", data}}
+	lim := infer.Limits{MaxDecodeBytes: 1 << 30, MaxDecodeTime: time.Minute}
+	for _, im := range images {
+		b.Run(im.name+"/image-jpeg", func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := infer.Decode(im.data, lim); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(im.name+"/libjpeg-turbo", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := jpegturbo.Decode(im.data, 256, 256); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// photoLike returns a w x h image with gradients, bands and noise: it
+// compresses about as well as a detailed photo.
+func photoLike(w, h int) *image.RGBA {
+	m := image.NewRGBA(image.Rect(0, 0, w, h))
+	r := rand.New(rand.NewPCG(1, 2))
+	for y := range h {
+		for x := range w {
+			i := m.PixOffset(x, y)
+			n := r.IntN(25) - 12
+			m.Pix[i] = uint8(min(255, max(0, x*255/w+n)))
+			m.Pix[i+1] = uint8(min(255, max(0, y*255/h+n/2)))
+			m.Pix[i+2] = uint8(min(255, max(0, 128+((x/37+y/23)%5)*20+n)))
+			m.Pix[i+3] = 255
+		}
+	}
+	return m
 }
 
 // BenchmarkFill measures preprocessing to a 224x224 NCHW tensor: the dog photo as

@@ -27,8 +27,19 @@ type Options struct {
 	// under load. Larger batches raise throughput a little on some models and CPUs
 	// and raise each job's latency. Zero means 1 (no batching).
 	MaxBatch int
-	// Limits bounds the images accepted.
+	// Limits bounds the images accepted, and the work of decoding one.
 	Limits Limits
+	// DecodeMemory is the memory that the decodes of all workers may hold at
+	// once, in bytes, as Limits.MaxDecodeBytes estimates each. A worker whose
+	// image needs more than is free waits for it (while the job's context
+	// lasts; its batch waits too), so the workers' decodes together stay under
+	// it however many there are: without it a worker per core is a worker per
+	// 256 MiB of RAM at worst. A larger budget lets more large images decode
+	// side by side; a smaller one bounds the peak memory lower, and queues
+	// large images behind each other sooner (ordinary photos need a few MB).
+	// Limits.MaxDecodeBytes above it is lowered to it. Zero means
+	// DefaultDecodeMemory.
+	DecodeMemory int64
 	// Preprocess is the model's input recipe.
 	Preprocess Preprocess
 	// DecodeJPEG, if set, decodes JPEG images in place of image/jpeg, to an
@@ -42,14 +53,21 @@ type Options struct {
 	//
 	// It is called only for data that passed the checks of Decode, header
 	// included, so its image is never larger than Limits allow, and from several
-	// workers at once. An error whose Corrupt method (interface{ Corrupt() bool })
-	// reports true refuses the image with ErrInvalidImage. Any other error, or
+	// workers at once. Its memory is estimated as libjpeg-turbo's: the scaled
+	// image, and 2 bytes per coefficient of a JPEG of several scans. An error whose Corrupt method (interface{ Corrupt() bool })
+	// reports true refuses the image with ErrInvalidImage; one whose OverLimit
+	// method (interface{ OverLimit() bool }) reports true, a decode stopped at
+	// a limit of the decoder's own, with ErrTooLarge. Any other error, or
 	// an image larger than the header declares, makes the worker decode the image
 	// again with image/jpeg, so that what DecodeJPEG cannot read (say a CMYK
 	// JPEG, or every JPEG in a build without libjpeg-turbo) is treated as without
 	// it.
 	DecodeJPEG func(data []byte, minW, minH int) (image.Image, error)
 }
+
+// DefaultDecodeMemory is Options.DecodeMemory when it is zero: 1 GiB, four
+// decodes at DefaultMaxDecodeBytes.
+const DefaultDecodeMemory = 1 << 30
 
 // Result is the answer to one Classify call.
 type Result struct {
@@ -63,9 +81,10 @@ type Result struct {
 	// Decoder is what decoded the image: "Options.DecodeJPEG", or the package
 	// of the standard decoder, such as "image/jpeg".
 	Decoder string
-	// QueueMS is the time spent waiting for a worker, DecodeMS and PreprocessMS
-	// the worker's time on this image, and InferenceMS the time of the model run,
-	// shared by every image of a batch.
+	// QueueMS is the time spent waiting for a worker and for decode memory
+	// (Options.DecodeMemory), DecodeMS and PreprocessMS the worker's time on
+	// this image, and InferenceMS the time of the model run, shared by every
+	// image of a batch.
 	QueueMS, DecodeMS, PreprocessMS, InferenceMS float64
 }
 
@@ -80,6 +99,7 @@ type Classifier struct {
 	maxBatch int         // jobs per model run
 	size     int         // floats per image in the input tensor
 	jpeg     *scaledJPEG // Options.DecodeJPEG, or nil
+	mem      *memory     // Options.DecodeMemory
 
 	queue *fairQueue
 
@@ -164,6 +184,12 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 	if opt.QueueSize < 0 || opt.MaxBatch < 0 {
 		return nil, fmt.Errorf("infer: new classifier: negative queue size %d or max batch %d", opt.QueueSize, opt.MaxBatch)
 	}
+	if opt.DecodeMemory < 0 {
+		return nil, fmt.Errorf("infer: new classifier: negative decode memory %d", opt.DecodeMemory)
+	}
+	if opt.DecodeMemory == 0 {
+		opt.DecodeMemory = DefaultDecodeMemory
+	}
 	if opt.QueueSize == 0 {
 		opt.QueueSize = 64
 	}
@@ -174,6 +200,7 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 		return nil, fmt.Errorf("infer: new classifier: %w", err)
 	}
 	opt.Limits = opt.Limits.withDefaults()
+	opt.Limits.MaxDecodeBytes = min(opt.Limits.MaxDecodeBytes, opt.DecodeMemory)
 
 	c := &Classifier{
 		backends: slices.Clone(backends),
@@ -183,6 +210,7 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 		maxBatch: 1,
 		size:     3 * info.Width * info.Height,
 		queue:    newFairQueue(opt.QueueSize),
+		mem:      newMemory(opt.DecodeMemory),
 	}
 	if opt.DecodeJPEG != nil {
 		minW, minH := opt.Preprocess.minSource(info.Width, info.Height)
@@ -365,22 +393,35 @@ func (c *Classifier) process(w *worker) {
 	}
 }
 
-// prepare decodes j's image and writes it into dst.
+// prepare decodes j's image and writes it into dst. The decode holds its
+// estimated memory from c.mem until the image is written.
 func (c *Classifier) prepare(j *job, dst []float32) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("infer: internal error preprocessing: %v", r)
 		}
 	}()
+	var waited time.Duration
+	opt := decodeOptions{
+		scaled: c.jpeg,
+		hold: func(n int64) (func(), error) {
+			release, wait, err := c.mem.hold(j.ctx, n)
+			waited += wait
+			return release, err
+		},
+		extra: func(w, h int64) int64 { return fillBytes(w, h, c.info.Width, c.info.Height) },
+	}
 	t0 := time.Now()
-	d, err := decode(j.image, c.opt.Limits, codecs[:], c.jpeg)
+	d, err := decode(j.image, c.opt.Limits, codecs[:], opt)
 	if err != nil {
 		return err
 	}
+	defer d.release()
 	t1 := time.Now()
 	c.opt.Preprocess.Fill(dst, d.img, c.info.Layout, c.info.Width, c.info.Height)
 	j.res.Width, j.res.Height, j.res.Format, j.res.Decoder = d.width, d.height, d.format, d.decoder
-	j.res.DecodeMS, j.res.PreprocessMS = ms(t1.Sub(t0)), ms(time.Since(t1))
+	j.res.QueueMS += ms(waited)
+	j.res.DecodeMS, j.res.PreprocessMS = ms(t1.Sub(t0)-waited), ms(time.Since(t1))
 	return nil
 }
 

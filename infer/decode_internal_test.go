@@ -24,8 +24,8 @@ func TestDecodeRecoversPanic(t *testing.T) {
 		},
 		decode: func(io.Reader) (image.Image, error) { panic("index out of range") },
 	}}
-	d, err := decode([]byte("TEST image"), Limits{}, panicky, nil)
-	if !errors.Is(err, ErrInvalidImage) || d != (decoded{}) {
+	d, err := decode([]byte("TEST image"), Limits{}, panicky, decodeOptions{})
+	if !errors.Is(err, ErrInvalidImage) || d.img != nil {
 		t.Fatalf("decode = %+v, %v; want ErrInvalidImage", d, err)
 	}
 	if err.Error() != "infer: invalid image: malformed TEST data (decoder failed)" {
@@ -39,8 +39,15 @@ type corruptError bool
 func (e corruptError) Error() string { return "test: bad data \x00\xff" }
 func (e corruptError) Corrupt() bool { return bool(e) }
 
+// limitError is an error of a DecodeJPEG that stopped at a limit of its own.
+type limitError struct{}
+
+func (limitError) Error() string   { return "test: too many scans" }
+func (limitError) OverLimit() bool { return true }
+
 // TestDecodeScaledJPEG checks how decode uses Options.DecodeJPEG: after the
-// header checks, only for JPEG, and with a fallback to image/jpeg.
+// header checks, only for JPEG, and with a fallback to image/jpeg but for
+// corrupt data and limits.
 func TestDecodeScaledJPEG(t *testing.T) {
 	t.Parallel()
 	jpg := readFile(t, "tiny.jpg") // 16x12
@@ -63,6 +70,8 @@ func TestDecodeScaledJPEG(t *testing.T) {
 		{name: "not corrupt", data: jpg, fn: fails(corruptError(false)), decoder: "image/jpeg", w: 16, h: 12},
 		{name: "corrupt", data: jpg, fn: fails(corruptError(true)), want: ErrInvalidImage,
 			message: "infer: invalid image: malformed JPEG data (test: bad data )"},
+		{name: "over a limit", data: jpg, fn: fails(limitError{}), want: ErrTooLarge,
+			message: "infer: image too large: JPEG decoding stopped at a limit (test: too many scans)"},
 		{name: "wrapped corrupt", data: jpg, fn: fails(fmt.Errorf("wrapped: %w", corruptError(true))), want: ErrInvalidImage,
 			message: "malformed JPEG data (wrapped: test: bad data )"},
 		{name: "larger than the header", data: jpg, decoder: "image/jpeg", w: 16, h: 12,
@@ -89,12 +98,12 @@ func TestDecodeScaledJPEG(t *testing.T) {
 				}
 				return tt.fn(data, minW, minH)
 			}}
-			d, err := decode(tt.data, Limits{}, codecs[:], scaled)
+			d, err := decode(tt.data, Limits{}, codecs[:], decodeOptions{scaled: scaled})
 			if called && tt.uncalled {
 				t.Error("DecodeJPEG was called")
 			}
 			if tt.want != nil {
-				if !errors.Is(err, tt.want) || d != (decoded{}) {
+				if !errors.Is(err, tt.want) || d.img != nil {
 					t.Fatalf("decode = %+v, %v; want %v", d, err, tt.want)
 				}
 				if !strings.Contains(err.Error(), tt.message) {

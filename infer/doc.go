@@ -13,9 +13,14 @@
 //
 // Decode checks the size of the bytes and the pixel count declared in the header
 // before it decodes anything, so a small file that claims to be 100000x100000
-// pixels costs a few hundred bytes, not 30 GB. It accepts JPEG, PNG, GIF (first
-// frame) and WebP, and its errors wrap ErrInvalidImage or ErrTooLarge with a
-// message that is safe to show a client.
+// pixels costs a few hundred bytes, not 30 GB. It then bounds the cost of the
+// decode itself, still from the header: the peak memory, estimated for the
+// decoder that will run (a 300 KB PNG can declare 40 megapixels of 16-bit RGBA,
+// 320 MB), and for a JPEG the scans and the blocks they visit (a 1 MB
+// progressive JPEG of thousands of tiny scans can take a worker minutes). A
+// decode that runs past Limits.MaxDecodeTime is stopped. It accepts JPEG, PNG,
+// GIF (first frame) and WebP, and its errors wrap ErrInvalidImage or
+// ErrTooLarge with a message that is safe to show a client.
 //
 // A Classifier can decode JPEG with Options.DecodeJPEG instead (see "Scaled JPEG
 // decoding" below), after the same checks of the header.
@@ -33,7 +38,9 @@
 // Classify puts a job on a bounded queue and waits; a free worker takes it,
 // decodes, preprocesses, runs the model and answers. Decoding happens in the
 // workers, so at most one decoded image per worker is in memory however many
-// requests arrive. When the queue is full Classify fails at once with
+// requests arrive, and the workers hold the memory of their decodes, as
+// estimated, in one shared budget (Options.DecodeMemory): a worker whose image
+// does not fit waits for the others. When the queue is full Classify fails at once with
 // ErrOverloaded: a server should answer 503 with Retry-After rather than let
 // latency grow without bound. A job whose context ends while it is queued is
 // skipped. A panic in a worker fails that job, not the process. Close stops
@@ -71,9 +78,20 @@
 // accelerators.
 //
 // Limits: MaxBytes bounds the memory of queued jobs (QueueSize x MaxBytes at
-// worst) and MaxPixels the memory of each decode (1.5 to 8 bytes per pixel, per
-// worker). Raising them admits bigger photos at the cost of memory and of the time
-// one job holds a worker.
+// worst), MaxPixels the size of an image, MaxDecodeBytes the memory of one
+// decode (1 to 15 bytes per pixel, by format and decoder), MaxScans and
+// MaxScanBlocks the CPU of a JPEG decode, MaxDecodeTime its wall time. Raising
+// them admits bigger images at the cost of memory and of the time one job holds
+// a worker. The scan limits default to what the largest ordinary photos need,
+// twice over, so that a JPEG within them costs about what such a photo costs.
+//
+// Options.DecodeMemory: the bytes the decodes of all workers may hold at once
+// (1 GiB by default, four of the largest decodes). It bounds the decoders'
+// memory whatever the number of workers; Go's collector lets the heap reach
+// about twice the live data, so the resident memory peaks near idle plus twice
+// this, less with GOMEMLIMIT set. A larger budget lets more large images decode
+// side by side; a smaller one makes them wait for each other sooner. Ordinary
+// photos need a few MB.
 //
 // # Scaled JPEG decoding
 //
@@ -102,10 +120,13 @@
 // their top class. Leave DecodeJPEG nil where results must match a pipeline
 // built on image/jpeg exactly.
 //
-// DecodeJPEG never sees an image whose header breaks the limits, and whatever it
-// cannot decode (a CMYK JPEG, or any JPEG in a build without libjpeg-turbo) is
-// decoded again with image/jpeg, so the accepted files and their errors stay as
-// they were. Only damaged data that DecodeJPEG reports as corrupt (truncated, bad
-// entropy-coded data, which image/jpeg refuses too) is refused at once, with
-// ErrInvalidImage, so that a bad file is not decoded twice.
+// DecodeJPEG never sees an image whose header breaks the limits (the memory
+// estimate is its own: libjpeg-turbo keeps 2 bytes per coefficient of a
+// progressive JPEG where image/jpeg keeps 4), and whatever it cannot decode (a
+// CMYK JPEG, or any JPEG in a build without libjpeg-turbo) is decoded again with
+// image/jpeg, within image/jpeg's estimate, so the accepted files and their
+// errors stay as they were. Only damaged data that DecodeJPEG reports as corrupt
+// (truncated, bad entropy-coded data, which image/jpeg refuses too) is refused at
+// once, with ErrInvalidImage, and a decode it stopped at a limit of its own, with
+// ErrTooLarge, so that a bad or costly file is not decoded twice.
 package infer

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/infergate/infergate/infer"
+	"github.com/infergate/infergate/internal/testenv"
 )
 
 // FuzzDecode checks that no input makes Decode (or Fill on what it returns)
@@ -23,6 +24,11 @@ func FuzzDecode(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	// Small cousins of the bombs: a JPEG of many scans, a 16-bit PNG, and the
+	// standard progression.
+	f.Add(testenv.ScanBomb(40, 30, 30))
+	f.Add(testenv.FlatPNG(40, 30, 16, testenv.PNGRGBA, true))
+	f.Add(testenv.FlatJPEG(40, 30, [][2]int{{2, 2}, {1, 1}, {1, 1}}, testenv.StandardScans))
 	// A small pixel limit keeps the fuzzer's memory down.
 	lim := infer.Limits{MaxBytes: 1 << 20, MaxPixels: 1 << 20}
 	dst := make([]float32, 3*8*8)

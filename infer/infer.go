@@ -3,6 +3,7 @@ package infer
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Errors returned by Decode and Classifier.Classify. They are wrapped with a detail
@@ -11,8 +12,10 @@ var (
 	// ErrInvalidImage reports bytes that are not a decodable JPEG, PNG, GIF or WebP
 	// image: empty, truncated, malformed or in another format.
 	ErrInvalidImage = errors.New("infer: invalid image")
-	// ErrTooLarge reports an image over Limits.MaxBytes, or one whose header
-	// declares more pixels than Limits.MaxPixels.
+	// ErrTooLarge reports an image over one of the Limits: more bytes than
+	// Limits.MaxBytes, a header that declares more pixels than
+	// Limits.MaxPixels, a decode that would take more memory, scans or time
+	// than the limits allow.
 	ErrTooLarge = errors.New("infer: image too large")
 	// ErrOverloaded reports that the classifier's queue is full; retry later.
 	ErrOverloaded = errors.New("infer: overloaded")
@@ -32,21 +35,62 @@ type Prediction struct {
 
 // Default limits, used where a Limits field is zero.
 const (
-	DefaultMaxBytes  = 8 << 20
-	DefaultMaxPixels = 40_000_000
+	DefaultMaxBytes       = 8 << 20
+	DefaultMaxPixels      = 40_000_000
+	DefaultMaxDecodeBytes = 256 << 20
+	DefaultMaxScans       = 256
+	DefaultMaxDecodeTime  = 10 * time.Second
 )
 
-// Limits bounds the images that Decode accepts. The zero value means the defaults:
-// 8 MiB of encoded bytes and 40 megapixels.
+// Limits bounds the images that Decode accepts, and the work of decoding one.
+// The zero value means the defaults: 8 MiB of encoded bytes, 40 megapixels,
+// 256 MiB of decoder memory, 256 JPEG scans visiting 17.5 million blocks, 10 s.
+//
+// Every limit but MaxDecodeTime is checked on the header, before any pixel is
+// decoded; an image over one gives an error wrapping ErrTooLarge that names
+// the figure and the limit.
 type Limits struct {
 	// MaxBytes is the largest encoded image accepted, in bytes.
 	// Zero means DefaultMaxBytes.
 	MaxBytes int64
-	// MaxPixels is the largest width*height accepted, checked on the header before
-	// any pixel is decoded. Decoding needs about 1.5 to 4 bytes per pixel (up to
-	// about 8 for a progressive JPEG), so this bounds the memory of one decode.
-	// Zero means DefaultMaxPixels.
+	// MaxPixels is the largest width*height accepted. Zero means
+	// DefaultMaxPixels.
 	MaxPixels int64
+	// MaxDecodeBytes bounds the memory of one decode, as estimated from the
+	// header for the decoder that will run: its image (bit depth and channels
+	// counted: a 16-bit RGBA PNG takes 8 bytes a pixel, a JPEG 1.5 to 3 before
+	// conversion), its working buffers (the coefficients of a progressive
+	// JPEG: 2 bytes each in libjpeg-turbo, 4 in image/jpeg; the passes of an
+	// interlaced PNG; the transforms of a lossless WebP) and, in a Classifier,
+	// the preprocessing's. The default lets any 8-bit image of 40 megapixels
+	// through in the common formats and refuses the 16-bit ones, which decode
+	// to 320 MB; a lower value saves memory and refuses large photos sooner.
+	// Zero means DefaultMaxDecodeBytes.
+	MaxDecodeBytes int64
+	// MaxScans is the most scans a JPEG may have. A scan can code every block
+	// of a progressive image in a few bytes, yet a decoder visits each block
+	// for it: thousands of tiny scans make a small file that takes minutes to
+	// decode. Encoders write 1 (baseline) to about 10 (libjpeg's standard
+	// progression) scans. Zero means DefaultMaxScans.
+	MaxScans int
+	// MaxScanBlocks is the most 8x8 blocks that the scans of a JPEG may visit,
+	// summed over its scans: the work of decoding it, whatever its size in
+	// bytes. Decoders spend about 2-30 ns (libjpeg-turbo) or 50-100 ns
+	// (image/jpeg) per block even when a scan codes it in a bit. Zero means
+	// 7/16 of MaxPixels: 28 passes over every block of a full-resolution
+	// component of the largest image (17.5 million at 40 megapixels), twice
+	// what libjpeg's standard progression of a 4:4:4 image needs.
+	MaxScanBlocks int64
+	// MaxDecodeTime bounds the wall time of one decode. It is the last guard,
+	// for work the other limits do not foresee: image/png, image/gif,
+	// image/jpeg and x/image/webp are stopped at their next read of the
+	// encoded data (they read 4 KiB at a time), so they may overrun it by the
+	// work of that much data, or of the final pass after the last read (the
+	// inverse DCT of a progressive JPEG), which the other limits bound; a
+	// DecodeJPEG that takes no such limit (jpegturbo.Decoder has its own) is
+	// not stopped. The error wraps ErrTooLarge. Zero means
+	// DefaultMaxDecodeTime.
+	MaxDecodeTime time.Duration
 }
 
 func (l Limits) withDefaults() Limits {
@@ -55,6 +99,18 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxPixels <= 0 {
 		l.MaxPixels = DefaultMaxPixels
+	}
+	if l.MaxDecodeBytes <= 0 {
+		l.MaxDecodeBytes = DefaultMaxDecodeBytes
+	}
+	if l.MaxScans <= 0 {
+		l.MaxScans = DefaultMaxScans
+	}
+	if l.MaxScanBlocks <= 0 {
+		l.MaxScanBlocks = l.MaxPixels * 7 / 16
+	}
+	if l.MaxDecodeTime <= 0 {
+		l.MaxDecodeTime = DefaultMaxDecodeTime
 	}
 	return l
 }

@@ -177,13 +177,36 @@ func (m *Main) loadModel() (*infer.Classifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load model %s: %w", c.model, err)
 	}
+	lim := infer.Limits{
+		MaxBytes:       c.maxImageBytes,
+		MaxPixels:      c.maxPixels,
+		MaxDecodeBytes: c.maxDecodeBytes,
+		MaxScans:       c.maxJPEGScans,
+		MaxScanBlocks:  c.maxJPEGBlocks,
+		MaxDecodeTime:  c.maxDecodeTime,
+	}
+	// libjpeg-turbo stops at the same limits by itself: infer checks the header
+	// first, these bound what it could not foresee. One decode may use at most
+	// the smaller of the two memory budgets, as in infer.
+	orDefault := func(v, def int64) int64 {
+		if v <= 0 {
+			return def
+		}
+		return v
+	}
+	turbo := jpegturbo.Decoder{
+		MaxScans:    c.maxJPEGScans,
+		MaxDuration: c.maxDecodeTime,
+		MaxMemory:   min(orDefault(c.maxDecodeBytes, infer.DefaultMaxDecodeBytes), orDefault(c.decodeMemory, infer.DefaultDecodeMemory)),
+	}
 	cls, err := infer.New(backends, labels, infer.Options{
-		Name:       strings.TrimSuffix(filepath.Base(c.model), filepath.Ext(c.model)),
-		QueueSize:  c.queue,
-		MaxBatch:   c.maxBatch,
-		Limits:     infer.Limits{MaxBytes: c.maxImageBytes, MaxPixels: c.maxPixels},
-		Preprocess: infer.Preprocess{Mean: mean, Std: std, Resize: c.resize},
-		DecodeJPEG: jpegturbo.Decode, // falls back to image/jpeg on what it cannot read
+		Name:         strings.TrimSuffix(filepath.Base(c.model), filepath.Ext(c.model)),
+		QueueSize:    c.queue,
+		MaxBatch:     c.maxBatch,
+		Limits:       lim,
+		DecodeMemory: c.decodeMemory,
+		Preprocess:   infer.Preprocess{Mean: mean, Std: std, Resize: c.resize},
+		DecodeJPEG:   turbo.Decode, // falls back to image/jpeg on what it cannot read
 	})
 	if err != nil {
 		for _, b := range backends {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/infergate/infergate/infer"
 	"github.com/infergate/infergate/storage"
 	"github.com/infergate/infergate/transport"
 )
@@ -22,6 +23,10 @@ type config struct {
 	queue                           int
 	resize, mean, std               string
 	maxImageBytes, maxPixels        int64
+	maxDecodeBytes, decodeMemory    int64
+	maxJPEGScans                    int
+	maxJPEGBlocks                   int64
+	maxDecodeTime                   time.Duration
 	maxBodyBytes                    int64
 	requestTimeout                  time.Duration
 	maxInFlight                     int
@@ -73,6 +78,11 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.StringVar(&c.std, "std", "0.229,0.224,0.225", "per-channel standard deviation, RGB")
 	fs.Int64Var(&c.maxImageBytes, "max-image-bytes", 8<<20, "largest encoded image, bytes (413 image_too_large above)")
 	fs.Int64Var(&c.maxPixels, "max-pixels", 40_000_000, "largest image, pixels declared in its header, checked before decoding")
+	fs.Int64Var(&c.maxDecodeBytes, "max-decode-bytes", infer.DefaultMaxDecodeBytes, "most memory one decode may need, estimated from the header (bit depth, channels, decoder buffers) before decoding (413 image_too_large above)")
+	fs.Int64Var(&c.decodeMemory, "decode-memory", infer.DefaultDecodeMemory, "memory the decodes of all workers may hold at once, as --max-decode-bytes estimates them; a decode waits for its share")
+	fs.IntVar(&c.maxJPEGScans, "max-jpeg-scans", infer.DefaultMaxScans, "most scans a JPEG may have (413 image_too_large above)")
+	fs.Int64Var(&c.maxJPEGBlocks, "max-jpeg-blocks", 0, "most 8x8 blocks the scans of a JPEG may visit in all (0: 7/16 of --max-pixels, 17500000)")
+	fs.DurationVar(&c.maxDecodeTime, "max-decode-time", infer.DefaultMaxDecodeTime, "longest one decode may run before it is stopped (413 image_too_large)")
 	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", 11<<20, "largest JSON request body, bytes")
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 30*time.Second, "longest a POST may take to send its body, and to wait for the model")
 	fs.IntVar(&c.maxBodies, "max-bodies", 128, "POST bodies read or held at once, all clients (503 overloaded above, unread)")

@@ -336,7 +336,9 @@ func TestEnvNames(t *testing.T) {
 	fs := serveFlags(&c)
 	seen := map[string]bool{}
 	fs.VisitAll(func(f *flag.Flag) { seen[envName(f.Name)] = true })
-	for _, want := range []string{"INFERGATE_ADDR", "INFERGATE_DB", "INFERGATE_MODEL", "INFERGATE_LABELS", "INFERGATE_ORT_LIB", "INFERGATE_MAX_IN_FLIGHT"} {
+	for _, want := range []string{"INFERGATE_ADDR", "INFERGATE_DB", "INFERGATE_MODEL", "INFERGATE_LABELS", "INFERGATE_ORT_LIB", "INFERGATE_MAX_IN_FLIGHT",
+		"INFERGATE_MAX_DECODE_BYTES", "INFERGATE_DECODE_MEMORY", "INFERGATE_MAX_JPEG_SCANS", "INFERGATE_MAX_JPEG_BLOCKS",
+		"INFERGATE_MAX_DECODE_TIME"} {
 		if !seen[want] {
 			t.Errorf("no flag for %s", want)
 		}

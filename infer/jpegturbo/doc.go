@@ -17,6 +17,12 @@
 // warnings (libjpeg pads truncated data with grey and goes on) become errors, so
 // that a truncated JPEG is refused as image/jpeg refuses it.
 //
+// A Decoder bounds one call: libjpeg's progress monitor, called for every row of
+// blocks of every scan, stops a decode past its scan count or its time, and
+// libjpeg's memory manager refuses to allocate past its memory
+// (max_memory_to_use). These are the last guards of a caller that checks the
+// header first, as package infer does.
+//
 // Building needs the libjpeg-turbo headers and library (Debian:
 // libjpeg62-turbo-dev; -ljpeg). Without cgo, or with the nojpegturbo build tag,
 // the package builds in pure Go and Decode returns ErrUnavailable, so that

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/infergate/infergate/internal/testenv"
 )
 
 // FuzzTurboDecode checks that no input makes Decode crash the process (libjpeg
@@ -29,10 +31,12 @@ func FuzzTurboDecode(f *testing.F) {
 	f.Add(handJPEG(0xc2, 3, 0), uint16(1), uint16(1))
 	f.Add(handJPEG(0xc0, 4, 2), uint16(8), uint16(8))
 	f.Add(encode(f, gradient(40, 30)), uint16(10), uint16(20))
+	f.Add(testenv.ScanBomb(40, 30, 30), uint16(8), uint16(8))
+	f.Add(testenv.FlatJPEG(40, 30, [][2]int{{2, 2}, {1, 1}, {1, 1}}, testenv.StandardScans), uint16(8), uint16(8))
 	f.Fuzz(func(t *testing.T, data []byte, minW, minH uint16) {
 		// A small pixel limit keeps the fuzzer's memory down.
 		const maxPixels = 1 << 20
-		img, err := decode(data, int(minW), int(minH), maxPixels)
+		img, err := Decoder{}.decode(data, int(minW), int(minH), maxPixels)
 		if err != nil {
 			if _, ok := err.(*Error); !ok || img != nil {
 				t.Fatalf("Decode = %v, %T %v; want no image and an *Error", img, err, err)

@@ -3,6 +3,7 @@
 #include <setjmp.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <jpeglib.h>
 #include <jerror.h>
@@ -42,11 +43,24 @@ static void fail(j_common_ptr cinfo, int status) {
 }
 
 // on_error replaces libjpeg's error_exit, which would exit the process.
+// Running out of the memory that max_memory_to_use allows shows as a request for
+// backing store (temporary files), which this build of libjpeg does not have.
 static void on_error(j_common_ptr cinfo) {
 	int code = cinfo->err->msg_code;
 	int status = JT_FAILED;
 	if (code == JERR_INPUT_EMPTY || code == JERR_INPUT_EOF) {
 		status = JT_CORRUPT;
+	}
+	if (code == JERR_NO_BACKING_STORE || code == JERR_OUT_OF_MEMORY) {
+		jt_error *e = (jt_error *)cinfo->err;
+		e->r->status = JT_LIMIT;
+		if (cinfo->mem != NULL && cinfo->mem->max_memory_to_use > 0) {
+			snprintf(e->r->msg, sizeof e->r->msg, "decoding needs more than %ld bytes of libjpeg memory, the limit",
+				cinfo->mem->max_memory_to_use);
+		} else {
+			snprintf(e->r->msg, sizeof e->r->msg, "out of memory");
+		}
+		longjmp(e->jump, 1);
 	}
 	fail(cinfo, status);
 }
@@ -90,9 +104,9 @@ static void failf(j_common_ptr cinfo, jt_result *r, const char *msg) {
 	longjmp(e->jump, 1);
 }
 
-// start sets cinfo up on data and reads the header. The caller has called setjmp.
+// start sets cinfo, created, up on data and reads the header. The caller has
+// called setjmp.
 static void start(struct jpeg_decompress_struct *cinfo, const unsigned char *data, size_t size) {
-	jpeg_create_decompress(cinfo);
 	jpeg_mem_src(cinfo, data, (unsigned long)size);
 	jpeg_read_header(cinfo, TRUE);
 	if (cinfo->jpeg_color_space == JCS_CMYK || cinfo->jpeg_color_space == JCS_YCCK) {
@@ -110,6 +124,39 @@ static void start(struct jpeg_decompress_struct *cinfo, const unsigned char *dat
 	// this off saves nothing measurable.
 	cinfo->do_fancy_upsampling = TRUE;
 	cinfo->scale_denom = 8;
+}
+
+// jt_progress is libjpeg's progress monitor, which the decoder calls for
+// every row of blocks of every scan it reads, and of the output: the way
+// libjpeg's documentation gives to bound the scans of a progressive JPEG
+// (djpeg -maxscans), and here its time too.
+typedef struct {
+	struct jpeg_progress_mgr pub;
+	int max_scans;
+	long long max_ms;
+	struct timespec start;
+} jt_progress;
+
+static long long elapsed_ms(const struct timespec *start) {
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long long)(now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000;
+}
+
+static void on_progress(j_common_ptr cinfo) {
+	jt_progress *p = (jt_progress *)cinfo->progress;
+	jt_error *e = (jt_error *)cinfo->err;
+	j_decompress_ptr d = (j_decompress_ptr)cinfo;
+	if (p->max_scans > 0 && d->input_scan_number > p->max_scans) {
+		e->r->status = JT_LIMIT;
+		snprintf(e->r->msg, sizeof e->r->msg, "more than %d scans, the limit", p->max_scans);
+		longjmp(e->jump, 1);
+	}
+	if (p->max_ms > 0 && elapsed_ms(&p->start) > p->max_ms) {
+		e->r->status = JT_LIMIT;
+		snprintf(e->r->msg, sizeof e->r->msg, "decoding took longer than %lld ms, the limit", p->max_ms);
+		longjmp(e->jump, 1);
+	}
 }
 
 static void init_error(jt_error *e, jt_result *r) {
@@ -132,6 +179,7 @@ void jt_header(const unsigned char *data, size_t size, int min_w, int min_h,
 		jpeg_destroy_decompress(&cinfo);
 		return;
 	}
+	jpeg_create_decompress(&cinfo);
 	start(&cinfo, data, size);
 	if ((long long)cinfo.image_width * cinfo.image_height > max_pixels) {
 		char msg[100];
@@ -155,17 +203,31 @@ void jt_header(const unsigned char *data, size_t size, int min_w, int min_h,
 }
 
 void jt_decode(const unsigned char *data, size_t size, int scale, int gray,
-	int width, int height, unsigned char *pix, size_t stride, jt_result *r) {
+	int width, int height, unsigned char *pix, size_t stride, const jt_limits *lim, jt_result *r) {
 	struct jpeg_decompress_struct cinfo;
 	jt_error err;
+	jt_progress progress;
 	memset(r, 0, sizeof *r);
 	memset(&cinfo, 0, sizeof cinfo);
+	memset(&progress, 0, sizeof progress);
 	init_error(&err, r);
 	cinfo.err = &err.pub;
+	progress.pub.progress_monitor = on_progress;
+	progress.max_scans = lim->max_scans;
+	progress.max_ms = lim->max_ms;
+	clock_gettime(CLOCK_MONOTONIC, &progress.start);
 	if (setjmp(err.jump)) {
 		jpeg_destroy_decompress(&cinfo);
 		return;
 	}
+	jpeg_create_decompress(&cinfo);
+	// Set before any large allocation: the whole-image coefficient buffer of
+	// a progressive JPEG is allocated in jpeg_start_decompress, and refused
+	// (JERR_NO_BACKING_STORE) when larger than what is left of this.
+	if (lim->max_memory > 0) {
+		cinfo.mem->max_memory_to_use = (long)lim->max_memory;
+	}
+	cinfo.progress = &progress.pub;
 	start(&cinfo, data, size);
 	cinfo.scale_num = scale;
 	err.phase = PHASE_PIXELS;

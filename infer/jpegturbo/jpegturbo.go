@@ -9,6 +9,7 @@ package jpegturbo
 import "C"
 
 import (
+	"fmt"
 	"image"
 	"unsafe"
 )
@@ -22,22 +23,31 @@ import (
 //
 // Decode allocates the image before it decodes it, and libjpeg its buffers
 // (up to about 6 bytes per source pixel for a progressive JPEG): callers that
-// take untrusted data should bound the size the header declares first, as
-// infer.Decode does. As a last guard Decode refuses, as not corrupt, a header
-// that declares more than MaxPixels pixels.
+// take untrusted data should bound the size and the scans the header declares
+// first, as infer.Decode does. As a last guard Decode refuses, as not corrupt, a
+// header that declares more than MaxPixels pixels, and stops at the limits of
+// the zero Decoder: DefaultMaxScans scans, DefaultMaxDuration,
+// DefaultMaxMemory bytes.
 //
 // Damaged data (truncated, or bad entropy-coded data) gives an *Error whose
-// Corrupt method reports true. Anything else libjpeg refuses or warns about,
-// such as a CMYK JPEG, gives an *Error whose Corrupt reports false: another
-// decoder may still read it. Empty data gives a corrupt *Error. In builds without
+// Corrupt method reports true; a decode stopped at a limit one whose OverLimit
+// method reports true. Anything else libjpeg refuses or warns about, such as a
+// CMYK JPEG, gives an *Error for which both report false: another decoder may
+// still read it. Empty data gives a corrupt *Error. In builds without
 // libjpeg-turbo Decode returns ErrUnavailable.
 //
 // Decode is safe for concurrent use.
 func Decode(data []byte, minW, minH int) (image.Image, error) {
-	return decode(data, minW, minH, MaxPixels)
+	return Decoder{}.decode(data, minW, minH, MaxPixels)
 }
 
-func decode(data []byte, minW, minH int, maxPixels int64) (image.Image, error) {
+// Decode is the package's Decode, within d's limits.
+func (d Decoder) Decode(data []byte, minW, minH int) (image.Image, error) {
+	return d.decode(data, minW, minH, MaxPixels)
+}
+
+func (d Decoder) decode(data []byte, minW, minH int, maxPixels int64) (image.Image, error) {
+	d = d.withDefaults()
 	if len(data) == 0 {
 		return nil, &Error{msg: "empty data", corrupt: true}
 	}
@@ -47,6 +57,18 @@ func decode(data []byte, minW, minH int, maxPixels int64) (image.Image, error) {
 	C.jt_header(src, size, C.int(max(minW, 1)), C.int(max(minH, 1)), C.longlong(maxPixels), &r)
 	if r.status != C.JT_OK {
 		return nil, newError(&r)
+	}
+	out := int64(r.width) * int64(r.height) * 4
+	if r.gray != 0 {
+		out /= 4
+	}
+	if out >= d.MaxMemory {
+		return nil, &Error{msg: fmt.Sprintf("a %dx%d image is %d bytes, over the limit of %d", r.width, r.height, out, d.MaxMemory), limit: true}
+	}
+	lim := C.jt_limits{
+		max_scans:  C.int(d.MaxScans),
+		max_ms:     C.longlong(max(1, d.MaxDuration.Milliseconds())),
+		max_memory: C.longlong(d.MaxMemory - out),
 	}
 	rect := image.Rect(0, 0, int(r.width), int(r.height))
 	var (
@@ -62,7 +84,7 @@ func decode(data []byte, minW, minH int, maxPixels int64) (image.Image, error) {
 		img, pix, stride = m, m.Pix, m.Stride
 	}
 	C.jt_decode(src, size, r.scale, r.gray, r.width, r.height,
-		(*C.uchar)(unsafe.Pointer(unsafe.SliceData(pix))), C.size_t(stride), &r)
+		(*C.uchar)(unsafe.Pointer(unsafe.SliceData(pix))), C.size_t(stride), &lim, &r)
 	if r.status != C.JT_OK {
 		return nil, newError(&r)
 	}
@@ -70,7 +92,7 @@ func decode(data []byte, minW, minH int, maxPixels int64) (image.Image, error) {
 }
 
 func newError(r *C.jt_result) *Error {
-	return &Error{msg: C.GoString(&r.msg[0]), corrupt: r.status == C.JT_CORRUPT}
+	return &Error{msg: C.GoString(&r.msg[0]), corrupt: r.status == C.JT_CORRUPT, limit: r.status == C.JT_LIMIT}
 }
 
 // Version returns the libjpeg-turbo version Decode is built with, such as

@@ -11,7 +11,15 @@ enum {
 	JT_OK = 0,
 	JT_CORRUPT = 1, // the data is damaged: truncated, or bad entropy-coded data
 	JT_FAILED = 2,  // anything else: unsupported, or a problem image/jpeg may not have
+	JT_LIMIT = 3,   // stopped at one of jt_limits
 };
+
+// Limits of one jt_decode call; zero means none.
+typedef struct {
+	int max_scans;         // scans read, counted by the progress monitor
+	long long max_ms;      // wall time, checked by the progress monitor
+	long long max_memory;  // libjpeg's own allocations (max_memory_to_use)
+} jt_limits;
 
 typedef struct {
 	int status;
@@ -30,8 +38,10 @@ void jt_header(const unsigned char *data, size_t size, int min_w, int min_h,
 // jt_decode decodes data at scale/8 into pix, one row every stride bytes, 4 bytes
 // per pixel (1 if gray), every row in this one call. scale, gray, width and height
 // must be what jt_header returned for the same data; pix must hold height rows.
+// A progress monitor stops the call (JT_LIMIT) past lim's scans or time, and
+// libjpeg's memory manager refuses to allocate past its memory.
 void jt_decode(const unsigned char *data, size_t size, int scale, int gray,
-	int width, int height, unsigned char *pix, size_t stride, jt_result *r);
+	int width, int height, unsigned char *pix, size_t stride, const jt_limits *lim, jt_result *r);
 
 // jt_version returns the libjpeg-turbo version of the headers built against.
 const char *jt_version(void);

@@ -4,12 +4,15 @@ package jpegturbo
 
 import (
 	"bytes"
+	"errors"
 	"image"
 	"image/color"
 	"image/jpeg"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/infergate/infergate/internal/testenv"
 )
@@ -353,4 +356,49 @@ func sofType(data []byte, m byte) []byte {
 	data = bytes.Clone(data)
 	data[sofAt(data)+1] = m
 	return data
+}
+
+// TestDecoderLimits checks the limits libjpeg enforces: scans and time through
+// its progress monitor, memory through its memory manager. Each gives an
+// *Error that is over a limit and not corrupt.
+func TestDecoderLimits(t *testing.T) {
+	t.Parallel()
+	yuv444 := [][2]int{{1, 1}, {1, 1}, {1, 1}}
+	prog := testenv.FlatJPEG(1000, 1000, yuv444, testenv.StandardScans) // 6 MB of coefficients
+	tests := []struct {
+		name       string
+		d          Decoder
+		data       []byte
+		minW, minH int
+		message    string // "" for an image
+	}{
+		{"scans", Decoder{}, testenv.ScanBomb(64, 64, 300), 8, 8, "more than 256 scans, the limit"},
+		{"scans within a limit", Decoder{MaxScans: 301}, testenv.ScanBomb(64, 64, 300), 8, 8, ""},
+		{"few scans", Decoder{MaxScans: 9}, prog, 8, 8, "more than 9 scans, the limit"},
+		// Over 100 million blocks to visit: not done in 1 ms.
+		{"time", Decoder{MaxScans: 1000, MaxDuration: time.Millisecond}, testenv.ScanBomb(6000, 6000, 200), 256, 256,
+			"decoding took longer than 1 ms, the limit"},
+		{"libjpeg memory", Decoder{MaxMemory: 5 << 20}, prog, 8, 8, "decoding needs more than"},
+		{"libjpeg memory enough", Decoder{MaxMemory: 7 << 20}, prog, 8, 8, ""},
+		{"image memory", Decoder{MaxMemory: 1 << 20}, prog, 1000, 1000, "a 1000x1000 image is 4000000 bytes, over the limit of 1048576"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			img, err := tt.d.Decode(tt.data, tt.minW, tt.minH)
+			if tt.message == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			var e *Error
+			if !errors.As(err, &e) || !e.OverLimit() || e.Corrupt() || img != nil {
+				t.Fatalf("Decode = %T, %v; want an over-limit *Error", img, err)
+			}
+			if !strings.Contains(err.Error(), tt.message) {
+				t.Errorf("err = %q, want %q", err, tt.message)
+			}
+		})
+	}
 }

@@ -12,3 +12,8 @@ func Decode(data []byte, minW, minH int) (image.Image, error) {
 
 // Version returns "": this build has no libjpeg-turbo.
 func Version() string { return "" }
+
+// Decode returns ErrUnavailable: this build has no libjpeg-turbo.
+func (d Decoder) Decode(data []byte, minW, minH int) (image.Image, error) {
+	return nil, ErrUnavailable
+}
