@@ -437,8 +437,11 @@ func splitImage(data []byte) (rest, image []byte, ok bool) {
 				return data, nil, false
 			}
 			image = data[v+1 : vend-1]
+			// Only plain ASCII is cut out as it stands: base64 is ASCII, and
+			// anything else (escapes, invalid UTF-8, which encoding/json turns
+			// into U+FFFD) takes the ordinary path, so both agree.
 			for _, c := range image {
-				if c < 0x20 || c == '\\' {
+				if c < 0x20 || c == '\\' || c >= 0x80 {
 					return data, nil, false
 				}
 			}
