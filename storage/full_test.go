@@ -1,11 +1,16 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -102,4 +107,69 @@ func TestMarkFull(t *testing.T) {
 
 func sqlite3Error(code, errno int) error {
 	return sqlite3.Error{Code: sqlite3.ErrNo(code), SystemErrno: syscall.Errno(errno)}
+}
+
+// TestWriterFailureLogThrottled: on a full database every write fails; the log gets
+// the first failure and then one line per FailureLogEvery that counts the others,
+// not a line per commit.
+func TestWriterFailureLogThrottled(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		every time.Duration
+		lines int
+	}{
+		{"default", 0, 1},
+		{"every failure", time.Nanosecond, 21},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			var buf syncBuffer
+			e := newWriterEnv(t, WriterOptions{Logger: slog.New(slog.NewTextHandler(&buf, nil)), FailureLogEvery: tc.every})
+			if err := e.w.Write(ctx, e.row(0)); err != nil {
+				t.Fatal(err)
+			}
+			// Full: no page beyond those it has; rows until the last page is full.
+			if _, err := e.db.w.ExecContext(ctx, "PRAGMA max_page_count = 1"); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			for i := 1; i < 1000 && err == nil; i++ {
+				err = e.w.Write(ctx, e.row(int64(i)))
+			}
+			if !errors.Is(err, ErrFull) {
+				t.Fatalf("write to a full database: %v, want ErrFull", err)
+			}
+			for i := range 20 {
+				if err := e.w.Write(ctx, e.row(int64(1000+i))); !errors.Is(err, ErrFull) {
+					t.Fatalf("write %d: %v, want ErrFull", i, err)
+				}
+			}
+			if n := strings.Count(buf.String(), "storage: write inference logs"); n != tc.lines {
+				t.Fatalf("%d failure lines for 21 failed commits, want %d:\n%s", n, tc.lines, buf.String())
+			}
+			if st := e.w.Stats(); st.Failed != 21 {
+				t.Fatalf("failed rows counted %d, want 21", st.Failed)
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the writer goroutine to log into while a
+// test reads it.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -35,8 +35,12 @@ type WriterOptions struct {
 	// when the process dies. It is also flushed when many keys wait, and at
 	// Close.
 	LastUsedEvery time.Duration
-	// Logger receives commit failures (nil means slog.Default()).
-	Logger *slog.Logger
+	// Logger receives commit failures (nil means slog.Default()): the first, then
+	// at most one line per FailureLogEvery (0 means 10 s) that counts the
+	// failures since the last line, so that a full disk under load does not
+	// flood the log.
+	Logger          *slog.Logger
+	FailureLogEvery time.Duration
 }
 
 // WriterStats are counters of a Writer, for metrics.
@@ -131,6 +135,11 @@ type Writer struct {
 
 	commits, rows, failed, last atomic.Int64
 
+	// Owned by the writer goroutine: the throttle of failure log lines.
+	failLogEvery time.Duration
+	failLogged   time.Time // when the last failure line was written
+	failQuiet    int64     // failed commits since then, not logged
+
 	hmu           sync.Mutex // guards batches and commitSeconds
 	batches       histogram
 	commitSeconds histogram
@@ -156,7 +165,11 @@ func NewWriter(db *DB, opt WriterOptions) *Writer {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
+	if opt.FailureLogEvery <= 0 {
+		opt.FailureLogEvery = 10 * time.Second
+	}
 	w := &Writer{
+		failLogEvery:  opt.FailureLogEvery,
 		db:            db,
 		max:           opt.MaxBatch,
 		lastUsed:      opt.LastUsedEvery,
@@ -324,10 +337,22 @@ func (w *Writer) commit(batch []*writeReq) {
 	w.answer(batch, err)
 }
 
+// logFailure logs a failed commit, unless one was logged less than failLogEvery
+// ago: then it is counted, and the next line says how many were not logged.
+func (w *Writer) logFailure(rows int, err error) {
+	now := time.Now()
+	if !w.failLogged.IsZero() && now.Sub(w.failLogged) < w.failLogEvery {
+		w.failQuiet++
+		return
+	}
+	w.log.Error("storage: write inference logs", "rows", rows, "err", err, "failed_commits_not_logged", w.failQuiet)
+	w.failLogged, w.failQuiet = now, 0
+}
+
 func (w *Writer) answer(batch []*writeReq, err error) {
 	if err != nil {
 		w.failed.Add(int64(len(batch)))
-		w.log.Error("storage: write inference logs", "rows", len(batch), "err", err)
+		w.logFailure(len(batch), err)
 		err = fmt.Errorf("storage: write inference log: %w", markFull(err))
 	} else {
 		w.commits.Add(1)

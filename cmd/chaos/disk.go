@@ -141,10 +141,12 @@ func (c *chaos) diskPhase(ctx context.Context) (*diskReport, error) {
 	l.expectDown.Store(true)
 	srv.kill()
 	stopLoad()
-	if srv, err = startServer(ctx, c.cfg, db, logFile); err != nil {
+	restarted, err := startServer(ctx, c.cfg, db, logFile)
+	if err != nil {
 		c.fail("disk phase: restart after a kill while the disk is full: %v", err)
-		return rep, nil
+		return rep, nil // srv, the killed one, is what the deferred clean-up sees
 	}
+	srv = restarted
 	rep.WhileFull.Restarted = true
 	m1b := led.mark()
 	l = startLoad(ctx, srv.url, key, c.img, "d2", led, c.cfg.mix)

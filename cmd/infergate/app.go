@@ -79,8 +79,10 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	// One process serves a SQLite database, so a session still open now was left
 	// so by a previous run that died; the CLI never does this.
+	// Not fatal: on a full disk the server must still start, answer reads and
+	// refuse writes with unavailable until space returns; the next start tries again.
 	if n, err := m.DB.EndAbandonedSessions(ctx, closeAbandoned); err != nil {
-		return err
+		m.log.Error("could not end the sessions a previous run left open; the next start tries again", "err", err)
 	} else if n > 0 {
 		m.log.Warn("ended the sessions a previous run left open", "sessions", n, "close_code", closeAbandoned)
 	}
