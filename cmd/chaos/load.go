@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/infergate/infergate/internal/sse"
 )
 
 const (
@@ -397,8 +399,8 @@ func (l *load) sseClient(ctx context.Context, id int, depth int) error {
 		return nil
 	}
 	events := &eventReader{rd: bufio.NewReader(eresp.Body), body: eresp.Body}
-	if ev, err := events.next(); err != nil || ev.name != "ready" {
-		return fmt.Errorf("read ready event: %q, %v", ev.name, err)
+	if ev, err := events.next(); err != nil || ev.Name != "ready" {
+		return fmt.Errorf("read ready event: %q, %v", ev.Name, err)
 	}
 
 	slots := make(chan struct{}, depth)
@@ -541,17 +543,17 @@ func (l *load) sseRead(ctx context.Context, events *eventReader, session string,
 			}
 			return fmt.Errorf("event stream, after seq %d: %w", last, err)
 		}
-		if ev.name == "close" {
+		if ev.Name == "close" {
 			var c struct {
 				Code int `json:"code"`
 			}
-			json.Unmarshal(ev.data, &c)
+			json.Unmarshal(ev.Data, &c)
 			l.led.answered("close " + strconv.Itoa(c.Code))
 			return nil
 		}
-		err = l.take("sse", session, ev.data, func(seq int64) error {
-			if seq <= last || ev.id != strconv.FormatInt(seq, 10) {
-				return fmt.Errorf("event id %q, seq %d after seq %d", ev.id, seq, last)
+		err = l.take("sse", session, ev.Data, func(seq int64) error {
+			if seq <= last || ev.ID != strconv.FormatInt(seq, 10) {
+				return fmt.Errorf("event id %q, seq %d after seq %d", ev.ID, seq, last)
 			}
 			last = seq
 			return nil
@@ -565,12 +567,6 @@ func (l *load) sseRead(ctx context.Context, events *eventReader, session string,
 	return nil
 }
 
-// event is one server-sent event.
-type event struct {
-	name, id string
-	data     []byte
-}
-
 // eventReader reads server-sent events, each within answerTimeout.
 type eventReader struct {
 	rd   *bufio.Reader
@@ -580,7 +576,7 @@ type eventReader struct {
 var errSlow = errors.New("no event within the answer timeout")
 
 // next reads the next event with a name, skipping comments (keepalives).
-func (e *eventReader) next() (event, error) {
+func (e *eventReader) next() (sse.Event, error) {
 	// A read blocked on the body ends when the body is closed.
 	slow := false
 	var mu sync.Mutex
@@ -591,9 +587,8 @@ func (e *eventReader) next() (event, error) {
 		e.body.Close()
 	})
 	defer t.Stop()
-	var ev event
 	for {
-		line, err := e.rd.ReadString('\n')
+		ev, err := sse.Read(e.rd)
 		if err != nil {
 			mu.Lock()
 			defer mu.Unlock()
@@ -602,22 +597,8 @@ func (e *eventReader) next() (event, error) {
 			}
 			return ev, err
 		}
-		line = strings.TrimRight(line, "\r\n")
-		if line == "" {
-			if ev.name != "" {
-				return ev, nil
-			}
-			continue
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "event":
-			ev.name = value
-		case "id":
-			ev.id = value
-		case "data":
-			ev.data = append(ev.data, value...)
+		if ev.Name != "" {
+			return ev, nil
 		}
 	}
 }

@@ -30,42 +30,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/infergate/infergate/internal/cmdmain"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	var fe *failedError
-	switch {
-	case err == nil:
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(2)
-	case errors.As(err, &fe):
-		fmt.Fprintln(os.Stderr, "chaos:", err)
-		os.Exit(1)
-	default:
-		fmt.Fprintln(os.Stderr, "chaos:", err)
-		os.Exit(2)
-	}
-}
-
-// failedError is a run that took place and failed a check; its report was printed.
-type failedError struct{ failures []string }
-
-func (e *failedError) Error() string {
-	if len(e.failures) == 1 {
-		return "FAILED: " + e.failures[0]
-	}
-	return fmt.Sprintf("FAILED: %s (and %d more)", e.failures[0], len(e.failures)-1)
-}
+func main() { cmdmain.Main("chaos", run) }
 
 // run is the whole program: main only adds the signals and the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -92,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if len(rep.Failures) > 0 {
 		c.keep()
-		return &failedError{rep.Failures}
+		return &cmdmain.Failed{Verb: "FAILED", Failures: rep.Failures}
 	}
 	c.cleanup()
 	return nil

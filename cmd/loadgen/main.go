@@ -37,42 +37,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/infergate/infergate/internal/cmdmain"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	var fe *failedError
-	switch {
-	case err == nil:
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(2)
-	case errors.As(err, &fe):
-		fmt.Fprintln(os.Stderr, "loadgen:", err)
-		os.Exit(1)
-	default:
-		fmt.Fprintln(os.Stderr, "loadgen:", err)
-		os.Exit(2)
-	}
-}
-
-// failedError is a run that took place but failed its checks; its report was printed.
-type failedError struct{ failures []string }
-
-func (e *failedError) Error() string {
-	if len(e.failures) == 1 {
-		return "run failed: " + e.failures[0]
-	}
-	return fmt.Sprintf("run failed: %s (and %d more)", e.failures[0], len(e.failures)-1)
-}
+func main() { cmdmain.Main("loadgen", run) }
 
 // run is the whole program: main only adds the signals and the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -97,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if len(rep.Failures) > 0 {
-		return &failedError{rep.Failures}
+		return &cmdmain.Failed{Verb: "run failed", Failures: rep.Failures}
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -20,6 +19,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/infergate/infergate/internal/cmdmain"
 )
 
 const testKey = "ig_testtesttesttesttesttesttesttest"
@@ -159,7 +160,7 @@ func TestRun(t *testing.T) {
 			if rep == nil {
 				t.Fatalf("no report; err = %v", err)
 			}
-			var fe *failedError
+			var fe *cmdmain.Failed
 			if tt.failed {
 				if !errors.As(err, &fe) || len(rep.Failures) == 0 {
 					t.Fatalf("err = %v, failures %q; want a failed run", err, rep.Failures)
@@ -196,7 +197,7 @@ func TestRunRefusedKey(t *testing.T) {
 	srv := httptest.NewServer(&fakeServer{})
 	t.Cleanup(srv.Close)
 	rep, err := runLoadgen(t, "--url", srv.URL, "--key", "ig_wrong", "--image", testImage(t), "--duration", "100ms")
-	var fe *failedError
+	var fe *cmdmain.Failed
 	if !errors.As(err, &fe) || rep == nil || !strings.Contains(strings.Join(rep.Failures, " "), "401") {
 		t.Fatalf("err = %v, report %+v; want a failure naming 401", err, rep)
 	}
@@ -218,7 +219,7 @@ func TestFlags(t *testing.T) { // not parallel: it sets the environment
 			t.Setenv("INFERGATE_API_KEY", "")
 			var stdout, stderr bytes.Buffer
 			err := run(context.Background(), append(tt.args, "--image", "/nonexistent-but-unread"), &stdout, &stderr)
-			var fe *failedError
+			var fe *cmdmain.Failed
 			if err == nil || errors.As(err, &fe) || stdout.Len() > 0 {
 				t.Fatalf("err = %v, stdout %q; want a usage error and no report", err, stdout.String())
 			}
@@ -287,28 +288,6 @@ func TestSummarizeWindow(t *testing.T) {
 	}
 	if rep.Inference == nil || rep.Inference.N != 1 || rep.ServerLatency == nil || rep.ServerLatency.N != 1 {
 		t.Errorf("server figures = %+v, %+v", rep.Inference, rep.ServerLatency)
-	}
-}
-
-func TestReadEvent(t *testing.T) {
-	t.Parallel()
-	stream := ": keepalive\n\nevent: ready\ndata: {\"type\":\"ready\"}\n\n" +
-		"event: result\r\nid: 1\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n" +
-		": comment\nevent: error\nid: 2\ndata:{}\n\n"
-	rd := bufio.NewReader(strings.NewReader(stream))
-	want := []event{
-		{name: "ready", data: []byte(`{"type":"ready"}`)},
-		{name: "result", id: "1", data: []byte("{\"a\":\n1}")},
-		{name: "error", id: "2", data: []byte("{}")},
-	}
-	for i, w := range want {
-		got, err := readEvent(rd)
-		if err != nil || got.name != w.name || got.id != w.id || !bytes.Equal(got.data, w.data) {
-			t.Fatalf("event %d = %+v, %v; want %+v", i, got, err, w)
-		}
-	}
-	if _, err := readEvent(rd); err == nil {
-		t.Error("readEvent at the end: nil error")
 	}
 }
 

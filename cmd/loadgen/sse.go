@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/infergate/infergate/internal/sse"
 )
 
 // sseClient is one SSE fallback session: an event stream for the answers, and one
@@ -27,12 +29,6 @@ type sseClient struct {
 	slots       chan struct{}
 	queue       chan inflight
 	contentType string
-}
-
-// event is one server-sent event.
-type event struct {
-	name, id string
-	data     []byte
 }
 
 // openSSE creates a session and opens its event stream, up to the ready event.
@@ -120,54 +116,14 @@ func (c *sseClient) openEvents(ctx context.Context, cfg *config, ref string) err
 		return fmt.Errorf("open events: Content-Type %q", ct)
 	}
 	c.events, c.stopEvents, c.rd = resp.Body, stop, bufio.NewReader(resp.Body)
-	ev, err := readEvent(c.rd)
+	ev, err := sse.Read(c.rd)
 	if err != nil {
 		return fmt.Errorf("read ready event: %w", err)
 	}
-	if ev.name != "ready" {
-		return fmt.Errorf("first event is %q, not ready", ev.name)
+	if ev.Name != "ready" {
+		return fmt.Errorf("first event is %q, not ready", ev.Name)
 	}
 	return nil
-}
-
-// readEvent reads the next event with a name or data, skipping comment lines.
-func readEvent(rd *bufio.Reader) (event, error) {
-	var ev event
-	for {
-		line, err := rd.ReadString('\n')
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return ev, err
-		}
-		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-		if line == "" {
-			if ev.name != "" || ev.data != nil {
-				return ev, nil
-			}
-			continue
-		}
-		if strings.HasPrefix(line, ":") {
-			continue
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "event":
-			ev.name = value
-		case "id":
-			ev.id = value
-		case "data":
-			if ev.data != nil {
-				ev.data = append(ev.data, '\n')
-			}
-			ev.data = append(ev.data, value...)
-			if ev.data == nil {
-				ev.data = []byte{}
-			}
-		}
-	}
 }
 
 func (c *sseClient) run(ctx context.Context, r *runState) {
@@ -252,12 +208,12 @@ func (c *sseClient) sendFrames(ctx context.Context, r *runState) bool {
 // reports false if the event stream failed.
 func (c *sseClient) readAnswers(ctx context.Context, r *runState) bool {
 	for f := range c.queue {
-		var ev event
+		var ev sse.Event
 		var err error
-		for ev.name == "" && err == nil {
-			ev, err = readEvent(c.rd)
-			if ev.name == "close" {
-				err = fmt.Errorf("the server ended the session: %s", ev.data)
+		for ev.Name == "" && err == nil {
+			ev, err = sse.Read(c.rd)
+			if ev.Name == "close" {
+				err = fmt.Errorf("the server ended the session: %s", ev.Data)
 			}
 		}
 		if err != nil {
@@ -272,21 +228,21 @@ func (c *sseClient) readAnswers(ctx context.Context, r *runState) bool {
 		}
 		at := time.Now()
 		var a answer
-		if err := json.Unmarshal(ev.data, &a); err != nil {
-			r.fail("client %d: event data is not JSON: %.200q", c.id, ev.data)
+		if err := json.Unmarshal(ev.Data, &a); err != nil {
+			r.fail("client %d: event data is not JSON: %.200q", c.id, ev.Data)
 			return false
 		}
-		if a.Type != ev.name {
-			r.fail("client %d: event %q carries a message of type %q", c.id, ev.name, a.Type)
+		if a.Type != ev.Name {
+			r.fail("client %d: event %q carries a message of type %q", c.id, ev.Name, a.Type)
 			return false
 		}
 		s, err := a.sample(at, at.Sub(f.sent))
 		if err != nil {
-			r.fail("client %d: seq %d: %v: %.200q", c.id, f.seq, err, ev.data)
+			r.fail("client %d: seq %d: %v: %.200q", c.id, f.seq, err, ev.Data)
 			return false
 		}
-		if a.Seq != f.seq || ev.id != strconv.FormatInt(f.seq, 10) {
-			r.misordered("client %d: event id %q seq %d, want %d", c.id, ev.id, a.Seq, f.seq)
+		if a.Seq != f.seq || ev.ID != strconv.FormatInt(f.seq, 10) {
+			r.misordered("client %d: event id %q seq %d, want %d", c.id, ev.ID, a.Seq, f.seq)
 		}
 		r.record(s)
 		<-c.slots
