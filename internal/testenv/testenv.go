@@ -78,15 +78,7 @@ func ReadImage(t testing.TB, name string) []byte {
 func PNGHeader(w, h uint32) []byte {
 	var b bytes.Buffer
 	b.WriteString("\x89PNG\r\n\x1a\n")
-	chunk := func(typ string, data []byte) {
-		binary.Write(&b, binary.BigEndian, uint32(len(data)))
-		crc := crc32.NewIEEE()
-		crc.Write([]byte(typ))
-		crc.Write(data)
-		b.WriteString(typ)
-		b.Write(data)
-		binary.Write(&b, binary.BigEndian, crc.Sum32())
-	}
+	chunk := func(typ string, data []byte) { writeChunk(&b, typ, data) }
 	ihdr := make([]byte, 13)
 	binary.BigEndian.PutUint32(ihdr[0:], w)
 	binary.BigEndian.PutUint32(ihdr[4:], h)
@@ -95,4 +87,15 @@ func PNGHeader(w, h uint32) []byte {
 	chunk("IHDR", ihdr)
 	chunk("IEND", nil)
 	return b.Bytes()
+}
+
+// writeChunk appends one PNG chunk (length, type, data, CRC) to b.
+func writeChunk(b *bytes.Buffer, typ string, data []byte) {
+	binary.Write(b, binary.BigEndian, uint32(len(data)))
+	crc := crc32.NewIEEE()
+	crc.Write([]byte(typ))
+	crc.Write(data)
+	b.WriteString(typ)
+	b.Write(data)
+	binary.Write(b, binary.BigEndian, crc.Sum32())
 }
