@@ -112,3 +112,77 @@ func TestOpenAPIMatchesRouter(t *testing.T) {
 		}
 	}
 }
+
+// schemaFields returns the properties and required fields of a component schema of
+// the OpenAPI document, following the $ref of its allOf parts.
+func schemaFields(t *testing.T, name string) (props, required map[string]bool) {
+	t.Helper()
+	b, err := fs.ReadFile(web.API(), "openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type schema struct {
+		Ref        string                     `json:"$ref"`
+		AllOf      []schema                   `json:"allOf"`
+		Properties map[string]json.RawMessage `json:"properties"`
+		Required   []string                   `json:"required"`
+	}
+	var doc struct {
+		Components struct {
+			Schemas map[string]schema `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("openapi.json: %v", err)
+	}
+	props, required = map[string]bool{}, map[string]bool{}
+	var add func(s schema, depth int)
+	add = func(s schema, depth int) {
+		if depth > 10 {
+			t.Fatalf("%s: $ref loop", name)
+		}
+		if s.Ref != "" {
+			ref, ok := doc.Components.Schemas[strings.TrimPrefix(s.Ref, "#/components/schemas/")]
+			if !ok {
+				t.Fatalf("%s: unresolved %s", name, s.Ref)
+			}
+			add(ref, depth+1)
+		}
+		for _, part := range s.AllOf {
+			add(part, depth+1)
+		}
+		for p := range s.Properties {
+			props[p] = true
+		}
+		for _, r := range s.Required {
+			required[r] = true
+		}
+	}
+	s, ok := doc.Components.Schemas[name]
+	if !ok {
+		t.Fatalf("openapi.json has no schema %s", name)
+	}
+	add(s, 0)
+	return props, required
+}
+
+// checkSchema checks that the JSON object raw, as the server sent it, has every
+// required field of the schema name and no field the schema does not describe.
+func checkSchema(t *testing.T, raw []byte, name string) {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("not a JSON object: %v: %s", err, raw)
+	}
+	props, required := schemaFields(t, name)
+	for f := range m {
+		if !props[f] {
+			t.Errorf("%s: the server sent %q, which openapi.json does not describe", name, f)
+		}
+	}
+	for f := range required {
+		if _, ok := m[f]; !ok {
+			t.Errorf("%s: openapi.json requires %q, which the server did not send", name, f)
+		}
+	}
+}
