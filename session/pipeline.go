@@ -66,6 +66,7 @@ type Outcome struct {
 	Code      string        // error code recorded in the log; "" on success
 	Latency   time.Duration // from Start to the result being ready (before the log commit)
 	Inference time.Duration
+	Log       time.Duration // the log row's commit, which follows Latency
 }
 
 // StatusCoder maps an error to the HTTP-style status and code of its log row; the
@@ -103,7 +104,10 @@ func (p *Pipeline) Run(ctx context.Context, req *Request, codeOf StatusCoder) Ou
 	row := p.row(req, &out)
 	// The commit must not be cut short by a client that went away: the row is the
 	// record of work done. WithoutCancel keeps the values, drops the cancellation.
-	if err := p.Log.Write(context.WithoutCancel(ctx), row); err != nil {
+	committing := now()
+	err := p.Log.Write(context.WithoutCancel(ctx), row)
+	out.Log = now().Sub(committing)
+	if err != nil {
 		out.Result = nil
 		out.Err = fmt.Errorf("%w: %w", ErrLog, err)
 	}

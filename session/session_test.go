@@ -281,3 +281,47 @@ func TestSubmitAfterTerminate(t *testing.T) {
 		t.Fatal("close codes")
 	}
 }
+
+// slowLog is a log writer whose commit moves a test clock on by d: the time the
+// pipeline reports for the commit, exactly, which a real commit cannot fix.
+type slowLog struct {
+	now *time.Time
+	d   time.Duration
+}
+
+func (l slowLog) Write(context.Context, *storage.InferenceLog) error {
+	*l.now = l.now.Add(l.d)
+	return nil
+}
+
+// classified is a classifier that answers at once, moving a test clock on by d.
+type classified struct {
+	now *time.Time
+	d   time.Duration
+}
+
+func (c classified) Classify(context.Context, []byte, int) (*infer.Result, error) {
+	*c.now = c.now.Add(c.d)
+	return &infer.Result{Predictions: []infer.Prediction{{Label: "a"}}, InferenceMS: 1}, nil
+}
+
+func (classified) Info() infer.ModelInfo { return infer.ModelInfo{Name: "test"} }
+
+// TestPipelineLogTime: Outcome.Log is the time of the log commit, and Latency ends
+// before it.
+func TestPipelineLogTime(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	p := &Pipeline{
+		Classifier: classified{&now, 3 * time.Millisecond},
+		Log:        slowLog{&now, 7 * time.Millisecond},
+		Now:        func() time.Time { return now },
+	}
+	out := p.Run(context.Background(), &Request{Principal: principal(10, 4), Transport: "post", Image: []byte("x"), TopK: 1},
+		func(error) (int, string) { return 500, "internal" })
+	if out.Err != nil {
+		t.Fatal(out.Err)
+	}
+	if out.Latency != 3*time.Millisecond || out.Log != 7*time.Millisecond {
+		t.Errorf("latency %v, log %v; want 3ms and 7ms", out.Latency, out.Log)
+	}
+}

@@ -65,6 +65,7 @@ type Event struct {
 	// Latency is from reading the frame to its answer being ready.
 	Latency   time.Duration
 	Inference time.Duration
+	Log       time.Duration // the commit of the frame's log row, after Latency
 }
 
 // EventKind says what an Event is.
@@ -238,7 +239,7 @@ func (s *Stream) process(p *pending, f Frame) {
 		Start:      f.Start,
 		Err:        f.Err,
 	}, s.reg.codeOf)
-	p.ev.Latency, p.ev.Inference = out.Latency, out.Inference
+	p.ev.Latency, p.ev.Inference, p.ev.Log = out.Latency, out.Inference, out.Log
 	if out.Err != nil {
 		if out.Status == 500 || errors.Is(out.Err, ErrLog) {
 			s.logFailure(p, f, out.Err)

@@ -33,6 +33,8 @@ type classifyResponseV2 struct {
 	RequestID   string             `json:"request_id"`
 	LatencyMS   float64            `json:"latency_ms"`
 	InferenceMS float64            `json:"inference_ms"`
+	Timing      timing             `json:"timing"`
+	Batch       int                `json:"batch"`
 }
 
 // rawImageTypes are the Content-Types taken as a raw image body. The decoder finds
@@ -78,6 +80,8 @@ func (s *Server) handleClassify(version string) http.HandlerFunc {
 			RequestID:   requestID(r.Context()),
 			LatencyMS:   ms(out.Latency),
 			InferenceMS: ms(out.Inference),
+			Timing:      timingOf(out.Result, out.Log),
+			Batch:       batchOf(out.Result),
 		})
 	}
 }

@@ -51,6 +51,8 @@ type resultMessage struct {
 	Predictions []infer.Prediction `json:"predictions"`
 	InferenceMS float64            `json:"inference_ms"`
 	LatencyMS   float64            `json:"latency_ms"`
+	Timing      timing             `json:"timing"`
+	Batch       int                `json:"batch"`
 }
 
 type errorMessage struct {
@@ -83,6 +85,7 @@ func (s *Server) eventMessage(ev session.Event) any {
 			Type: "result", ID: id, Seq: ev.Seq, Model: s.model,
 			Predictions: ev.Result.Predictions,
 			InferenceMS: ms(ev.Inference), LatencyMS: ms(ev.Latency),
+			Timing: timingOf(ev.Result, ev.Log), Batch: batchOf(ev.Result),
 		}
 	case session.KindPong:
 		return map[string]string{"type": "pong"}

@@ -13,27 +13,6 @@ import (
 	"testing"
 )
 
-// specRoutes is the route table of SPEC.md ("HTTP routes", "WebSocket", "SSE fallback"):
-// each path with the methods it takes.
-var specRoutes = map[string][]string{
-	"/":                        {"get"},
-	"/healthz":                 {"get"},
-	"/readyz":                  {"get"},
-	"/metrics":                 {"get"},
-	"/docs":                    {"get"},
-	"/openapi.json":            {"get"},
-	"/demo":                    {"get"},
-	"/v1/model/info":           {"get"},
-	"/v1/classify":             {"post"},
-	"/v1/usage":                {"get"},
-	"/v2/classify":             {"post"},
-	"/v1/stream":               {"get"},
-	"/v1/sessions":             {"post"},
-	"/v1/sessions/{id}/events": {"get"},
-	"/v1/sessions/{id}/frames": {"post"},
-	"/v1/sessions/{id}":        {"delete"},
-}
-
 // specCodes are the error codes of SPEC.md's "Common rules", with their statuses,
 // plus method_not_allowed, which docs/API.md adds.
 var specCodes = map[string]int{
@@ -167,31 +146,8 @@ func TestOpenAPIVersion(t *testing.T) {
 	}
 }
 
-func TestOpenAPIRoutes(t *testing.T) {
-	doc := loadDoc(t)
-	paths, _ := doc["paths"].(object)
-	for path, want := range specRoutes {
-		item, ok := paths[path].(object)
-		if !ok {
-			t.Errorf("%s: missing", path)
-			continue
-		}
-		var got []string
-		for _, m := range httpMethods {
-			if _, ok := item[m]; ok {
-				got = append(got, m)
-			}
-		}
-		if !slices.Equal(got, want) {
-			t.Errorf("%s: methods %v, want %v", path, got, want)
-		}
-	}
-	for path := range paths {
-		if _, ok := specRoutes[path]; !ok {
-			t.Errorf("%s: documented but not in SPEC.md's route table", path)
-		}
-	}
-}
+// The paths and methods of the document are checked against the live router's routes
+// by TestOpenAPIMatchesRouter in package transport, which builds the router.
 
 func TestOpenAPIRefsResolve(t *testing.T) {
 	doc := loadDoc(t)

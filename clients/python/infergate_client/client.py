@@ -291,8 +291,10 @@ class AsyncClient:
         has ``id`` (the input's index), ``seq`` (the server's sequence number; for POST,
         the client's send count), ``transport``, ``source`` (the path, or "<bytes>"),
         ``attempts``, ``rtt_ms`` (client-side, send to answer), and either the server's
-        ``model``, ``predictions``, ``inference_ms``, ``latency_ms`` (POST has neither
-        time), or ``error``: ``{"code", "message", ...}`` for a frame the server (or the
+        ``model``, ``predictions``, ``inference_ms``, ``latency_ms``, ``timing``
+        (``queue_ms``, ``decode_ms``, ``preprocess_ms``, ``inference_ms``, ``log_ms``),
+        ``batch`` and any other field of the server's result (POST has none of these
+        times), or ``error``: ``{"code", "message", ...}`` for a frame the server (or the
         client, for a file it cannot read) refused. A failure of the whole stream
         (authentication, connection lost, too many streams) raises InfergateError after
         the items that were complete.

@@ -362,6 +362,17 @@ class TestStreamTransports(LiveTest):
             self.assertIn("latency_ms", i)
             self.assertIn("inference_ms", i)
 
+    def test_stream_items_timing(self) -> None:
+        for transport in ("ws", "sse"):
+            with self.subTest(transport=transport):
+                items = list(self.client().stream([PHOTOS[0]], transport=transport))
+                self.assertEqual(len(items), 1)
+                i = items[0]
+                self.assertEqual(set(i["timing"]), {"queue_ms", "decode_ms", "preprocess_ms", "inference_ms", "log_ms"})
+                self.assertTrue(all(v >= 0 for v in i["timing"].values()), i["timing"])
+                self.assertGreater(i["timing"]["inference_ms"], 0)
+                self.assertGreaterEqual(i["batch"], 1)
+
     def test_async_client(self) -> None:
         async def run() -> List[Dict[str, Any]]:
             ac = AsyncClient(self.url, api_key=self.server.keys["main"])
