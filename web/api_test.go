@@ -26,6 +26,7 @@ var specRoutes = map[string][]string{
 	"/v1/model/info":           {"get"},
 	"/v1/classify":             {"post"},
 	"/v1/usage":                {"get"},
+	"/v1/client_tokens":        {"post"},
 	"/v2/classify":             {"post"},
 	"/v1/stream":               {"get"},
 	"/v1/sessions":             {"post"},
