@@ -113,6 +113,27 @@ var migrations = []migration{
 			`ALTER TABLE inference_logs ADD COLUMN request_id TEXT`,
 		},
 	},
+	{
+		// Client tokens (see clienttokens.go): single-use, short-lived stream
+		// credentials minted with an API key. Only the hash is stored;
+		// settings is the JSON of the stream settings given at minting.
+		version: 4,
+		name:    "client tokens",
+		stmts: []string{
+			`CREATE TABLE client_tokens (
+				id         INTEGER PRIMARY KEY AUTOINCREMENT,
+				api_key_id INTEGER NOT NULL REFERENCES api_keys (id),
+				user_id    INTEGER NOT NULL REFERENCES users (id),
+				hash       TEXT NOT NULL,
+				created_at TIMESTAMP NOT NULL,
+				expires_at TIMESTAMP NOT NULL,
+				used_at    TIMESTAMP,
+				settings   TEXT
+			)`,
+			`CREATE UNIQUE INDEX client_tokens_hash_idx ON client_tokens (hash)`,
+			`CREATE INDEX client_tokens_expires_at_idx ON client_tokens (expires_at)`,
+		},
+	},
 }
 
 // SchemaVersion is the schema version this package migrates to.

@@ -21,6 +21,8 @@ type metrics struct {
 	streams   *prometheus.GaugeVec
 	lingers   *prometheus.CounterVec
 	authFails *prometheus.CounterVec
+	// clientTokens counts client tokens by outcome.
+	clientTokens *prometheus.CounterVec
 }
 
 // Latency buckets from 1 ms to ~4 s: inference of a small model is a few ms, and the
@@ -60,8 +62,11 @@ func newMetrics(queueLen func() float64, writer func() storage.WriterStats) *met
 		authFails: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "infergate_auth_failures_total", Help: "Refused credentials, by outcome: failed (unknown, revoked or malformed), throttled (refused unchecked, the address had too many failures).",
 		}, []string{"outcome"}),
+		clientTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "infergate_client_tokens_total", Help: "Client tokens by outcome: minted, redeemed (opened a stream), refused (unknown, used, expired or revoked key; also counted in infergate_auth_failures_total), wrong_route (presented where only API keys go).",
+		}, []string{"outcome"}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.inFlight, m.inference, m.rejected, m.frames, m.frameTime, m.streams, m.lingers, m.authFails,
+	m.reg.MustRegister(m.clientTokens, m.requests, m.latency, m.inFlight, m.inference, m.rejected, m.frames, m.frameTime, m.streams, m.lingers, m.authFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "infergate_inference_queue_length", Help: "Images waiting for a model worker.",

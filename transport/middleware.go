@@ -120,8 +120,17 @@ func bearer(r *http.Request) string {
 }
 
 // requireKey authenticates the Bearer API key. A key in the query string is refused
-// even when valid, so that keys do not end up in access logs and browser history.
-func (s *Server) requireKey(next http.Handler) http.Handler {
+// even when valid, so that keys do not end up in access logs and browser history. A
+// client token is refused unchecked: it only opens streams.
+func (s *Server) requireKey(next http.Handler) http.Handler { return s.requireCredential(next, false) }
+
+// requireKeyOrClientToken is requireKey for POST /v1/sessions, which also takes a
+// client token: the token is spent, and its settings ride in the request's context.
+func (s *Server) requireKeyOrClientToken(next http.Handler) http.Handler {
+	return s.requireCredential(next, true)
+}
+
+func (s *Server) requireCredential(next http.Handler, clientToken bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Has("api_key") || r.URL.Query().Has("key") {
 			s.writeError(w, r, errorf(CodeUnauthorized, "API keys are not accepted in the URL; send Authorization: Bearer <key>"))
@@ -132,12 +141,24 @@ func (s *Server) requireKey(next http.Handler) http.Handler {
 			s.writeError(w, r, errorf(CodeUnauthorized, "missing API key: send Authorization: Bearer <key>"))
 			return
 		}
-		p, err := s.authenticate(r.Context(), s.clientAddr(r), key)
+		ctx := r.Context()
+		var p *storage.Principal
+		var err error
+		switch {
+		case storage.IsClientToken(key) && !clientToken:
+			err = s.errTokenHere()
+		case storage.IsClientToken(key):
+			var st *streamSettings
+			p, st, err = s.redeemClientToken(ctx, s.clientAddr(r), key)
+			ctx = withSettings(ctx, st)
+		default:
+			p, err = s.authenticate(ctx, s.clientAddr(r), key)
+		}
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyPrincipal, p)))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, keyPrincipal, p)))
 	})
 }
 

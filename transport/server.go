@@ -270,8 +270,11 @@ func (s *Server) routes() chi.Router {
 		r.With(s.limitRequests).Post("/v1/classify", s.handleClassify("v1"))
 		r.With(s.limitRequests).Post("/v2/classify", s.handleClassify("v2"))
 		r.With(s.peekLimit).Get("/v1/usage", s.handleUsage)
-		r.With(s.peekLimit).Post("/v1/sessions", s.handleCreateSession)
+		// A mint is a request like a classify: it counts against requests_per_minute,
+		// so a leaked key cannot mint without bound.
+		r.With(s.limitRequests).Post("/v1/client_tokens", s.handleMintClientToken)
 	})
+	r.With(s.requireKeyOrClientToken, s.peekLimit).Post("/v1/sessions", s.handleCreateSession)
 	// The stream routes authenticate themselves: the WebSocket may authenticate with
 	// its first message, and the SSE routes take the session token too.
 	r.Get("/v1/stream", s.handleStream)

@@ -19,6 +19,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/infergate/infergate/session"
+	"github.com/infergate/infergate/storage"
 )
 
 // sseSession is an SSE fallback session: a stream with no connection of its own,
@@ -28,6 +29,7 @@ type sseSession struct {
 	stream    *session.Stream
 	replay    *session.Replay
 	tokenHash [32]byte
+	topK      int // of frames without their own: a client token's settings, or the default
 }
 
 // sseSessions maps session ids to the SSE sessions that are open.
@@ -81,7 +83,10 @@ func (s *Server) handleCreateSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	lim := s.registry.Limits()
-	ss := &sseSession{replay: session.NewReplay(lim.Replay), tokenHash: sha256.Sum256([]byte(token))}
+	ss := &sseSession{
+		replay: session.NewReplay(lim.Replay), tokenHash: sha256.Sum256([]byte(token)),
+		topK: settingsOf(r.Context()).topK(),
+	}
 	var id string
 	st, err := s.registry.Open(r.Context(), session.OpenParams{
 		Principal: p, Transport: "sse", RemoteAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
@@ -126,6 +131,9 @@ func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*sseSession, e
 	id := chi.URLParam(r, "id")
 	token := r.Header.Get("X-Session-Token")
 	b := bearer(r)
+	if storage.IsClientToken(b) {
+		return nil, s.errTokenHere()
+	}
 	if token == "" && b != "" && !strings.HasPrefix(b, "ig_") {
 		token = b
 	}
@@ -262,7 +270,7 @@ func (s *Server) handleFrames(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.releaseBody()
 	s.bodyDeadline(w)
-	f := s.readFrame(r)
+	f := s.readFrame(r, ss.topK)
 	f.RequestID = requestID(r.Context())
 	seq, limited, err := ss.stream.Submit(r.Context(), f)
 	if err != nil {
@@ -308,7 +316,8 @@ func (s *Server) writeFrameError(w http.ResponseWriter, r *http.Request, e *Erro
 
 // readFrame reads a posted frame: the JSON of a WebSocket frame message ("type" may
 // be left out) or a raw image body. A frame that cannot be read carries its error.
-func (s *Server) readFrame(r *http.Request) session.Frame {
+// Frames that do not give top_k get topK.
+func (s *Server) readFrame(r *http.Request, topK int) session.Frame {
 	now := s.now()
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt == "application/json" {
@@ -316,14 +325,17 @@ func (s *Server) readFrame(r *http.Request) session.Frame {
 		if err != nil {
 			return session.Frame{Err: err, Start: now}
 		}
-		f, ping := parseFrame(body, now, true)
+		f, ping := parseFrameTopK(body, now, true, topK)
 		if ping {
 			f.Err = errorf(CodeInvalidRequest, "ping is for the WebSocket; the event stream has heartbeats")
 		}
 		return f
 	}
-	img, topK, err := s.readImage(r)
-	return session.Frame{Image: img, TopK: topK, Err: err, Start: now}
+	img, k, err := s.readImage(r)
+	if !r.URL.Query().Has("top_k") {
+		k = topK
+	}
+	return session.Frame{Image: img, TopK: k, Err: err, Start: now}
 }
 
 // handleDeleteSession serves DELETE /v1/sessions/{id}: the session answers what it

@@ -26,6 +26,7 @@ type clientMessage struct {
 	Image  *string         `json:"image"`
 	TopK   *int            `json:"top_k"`
 	APIKey *string         `json:"api_key"`
+	Token  *string         `json:"token"` // a client token, in an auth message
 }
 
 type readyMessage struct {
@@ -144,6 +145,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var p *storage.Principal
+	var settings *streamSettings
 	addr := s.clientAddr(r)
 	if r.Header.Get("Authorization") != "" {
 		key := bearer(r)
@@ -152,7 +154,14 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var err error
-		if p, err = s.authenticate(r.Context(), addr, key); err != nil {
+		if storage.IsClientToken(key) {
+			// Spent here, before the checks below: a token refused for too many
+			// streams is used up, and the page mints another.
+			p, settings, err = s.redeemClientToken(r.Context(), addr, key)
+		} else {
+			p, err = s.authenticate(r.Context(), addr, key)
+		}
+		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -177,7 +186,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Accept has answered the client
 	}
-	s.serveStream(conn, r, p)
+	s.serveStream(conn, r, p, settings)
 }
 
 func (s *Server) openError(p *storage.Principal, err error) error {
@@ -194,14 +203,14 @@ func (s *Server) openError(p *storage.Principal, err error) error {
 
 // serveStream runs one WebSocket from the upgrade to its close. After Accept the
 // request's context no longer ends with the client, so lifetimes come from the
-// connection and the stream.
-func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.Principal) {
+// connection and the stream. settings are those of a client token, or nil.
+func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.Principal, settings *streamSettings) {
 	defer conn.CloseNow()
 	lim := s.registry.Limits()
 	if p == nil {
 		conn.SetReadLimit(lim.MaxPreAuthBytes)
 		var e *Error
-		if p, e = s.authMessage(conn, lim.AuthTimeout, s.clientAddr(r)); e != nil {
+		if p, settings, e = s.authMessage(conn, lim.AuthTimeout, s.clientAddr(r)); e != nil {
 			closeWith(conn, e)
 			return
 		}
@@ -218,7 +227,7 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.P
 		closeWith(conn, e)
 		return
 	}
-	code := s.runStream(conn, st, requestID(r.Context()))
+	code := s.runStream(conn, st, requestID(r.Context()), settings.topK())
 	ctx, cancel := context.WithTimeout(context.Background(), lim.FrameTimeout)
 	defer cancel()
 	st.Finish(ctx, int(code))
@@ -226,8 +235,8 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.P
 
 // runStream reads frames until the client leaves or the stream is terminated, and
 // returns the close code it ended with. reqID is the id of the upgrade request, which
-// the frames' failures are logged with.
-func (s *Server) runStream(conn *websocket.Conn, st *session.Stream, reqID string) websocket.StatusCode {
+// the frames' failures are logged with; topK is the top_k of frames without their own.
+func (s *Server) runStream(conn *websocket.Conn, st *session.Stream, reqID string, topK int) websocket.StatusCode {
 	lim := s.registry.Limits()
 	ready, _ := json.Marshal(s.readyMessage(st))
 	wctx, cancel := context.WithTimeout(st.Context(), lim.WriteTimeout)
@@ -239,7 +248,7 @@ func (s *Server) runStream(conn *websocket.Conn, st *session.Stream, reqID strin
 	conn.SetReadLimit(lim.MaxMessageBytes)
 
 	readErr := make(chan error, 1)
-	go func() { readErr <- s.readFrames(conn, st, reqID) }()
+	go func() { readErr <- s.readFrames(conn, st, reqID, topK) }()
 	pingDone := make(chan struct{})
 	stopPing := make(chan struct{})
 	go func() {
@@ -294,7 +303,7 @@ func closeReason(cause error) string {
 
 // readFrames reads messages and submits them to the stream until the connection
 // fails or the stream is terminated.
-func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream, reqID string) error {
+func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream, reqID string, topK int) error {
 	for {
 		// Reads use a context that never ends: cancelling a Read closes the
 		// connection at once, and a terminated stream must answer its frames first.
@@ -304,7 +313,7 @@ func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream, reqID stri
 		}
 		now := s.now()
 		if typ == websocket.MessageBinary {
-			f := session.Frame{Image: data, TopK: defaultTopK, Start: now, RequestID: reqID}
+			f := session.Frame{Image: data, TopK: topK, Start: now, RequestID: reqID}
 			if len(data) == 0 {
 				f.Err = errorf(CodeInvalidImage, "empty binary message")
 			}
@@ -313,7 +322,7 @@ func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream, reqID stri
 			}
 			continue
 		}
-		f, ping := parseFrame(data, now, false)
+		f, ping := parseFrameTopK(data, now, false, topK)
 		f.RequestID = reqID
 		if ping {
 			err = st.Ping(st.Context())
@@ -331,7 +340,12 @@ func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream, reqID stri
 //
 // A posted SSE frame may leave "type" out (typeOptional); a WebSocket message may not.
 func parseFrame(data []byte, now time.Time, typeOptional bool) (f session.Frame, ping bool) {
-	f = session.Frame{TopK: defaultTopK, Start: now}
+	return parseFrameTopK(data, now, typeOptional, defaultTopK)
+}
+
+// parseFrameTopK is parseFrame for a stream whose frames without top_k get topK.
+func parseFrameTopK(data []byte, now time.Time, typeOptional bool, topK int) (f session.Frame, ping bool) {
+	f = session.Frame{TopK: topK, Start: now}
 	var m clientMessage
 	rest, b64, cut := splitImage(data)
 	if err := strictUnmarshal(rest, &m); err != nil {
@@ -349,7 +363,7 @@ func parseFrame(data []byte, now time.Time, typeOptional bool) (f session.Frame,
 	}
 	switch m.Type {
 	case "ping":
-		if m.Image != nil || m.TopK != nil || m.APIKey != nil {
+		if m.Image != nil || m.TopK != nil || m.APIKey != nil || m.Token != nil {
 			break
 		}
 		return f, true
@@ -357,12 +371,17 @@ func parseFrame(data []byte, now time.Time, typeOptional bool) (f session.Frame,
 		switch {
 		case m.APIKey != nil:
 			f.Err = errorf(CodeInvalidRequest, `a frame has no field "api_key"`)
+		case m.Token != nil:
+			f.Err = errorf(CodeInvalidRequest, `a frame has no field "token"`)
 		case m.ID != nil && !validID(m.ID):
 			f.Err = errorf(CodeInvalidRequest, `"id" must be a string or a number`)
 		case m.Image == nil:
 			f.Err = errorf(CodeInvalidRequest, `missing field "image" (base64 of the image bytes)`)
 		default:
-			if f.TopK, f.Err = checkTopK(m.TopK); f.Err == nil {
+			if m.TopK != nil {
+				f.TopK, f.Err = checkTopK(m.TopK)
+			}
+			if f.Err == nil {
 				f.Image, f.Err = decodeBase64(b64)
 			}
 		}
@@ -400,8 +419,9 @@ func closeWith(conn *websocket.Conn, e *Error) {
 const maxCloseReason = 120
 
 // authMessage reads the first message of a header-less stream, which must be an auth
-// message within timeout. It returns the principal, or the error to close with.
-func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr netip.Prefix) (*storage.Principal, *Error) {
+// message within timeout, with an API key or a client token. It returns the principal
+// and, for a client token, its settings; or the error to close with.
+func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr netip.Prefix) (*storage.Principal, *streamSettings, *Error) {
 	timedOut := errorf(CodeUnauthorized, "authentication timed out")
 	// A Read whose context ends drops the connection without a close frame, so the
 	// timeout is a timer that closes with 4401 instead, ending the Read.
@@ -411,42 +431,54 @@ func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr n
 	typ, data, err := conn.Read(ctx)
 	if err != nil {
 		if errors.Is(err, websocket.ErrMessageTooBig) {
-			return nil, errorf(CodeImageTooLarge, "auth message too big")
+			return nil, nil, errorf(CodeImageTooLarge, "auth message too big")
 		}
-		return nil, timedOut
+		return nil, nil, timedOut
 	}
 	if !timer.Stop() {
-		return nil, timedOut
+		return nil, nil, timedOut
 	}
 	if typ != websocket.MessageText {
-		return nil, errorf(CodeInvalidRequest, "the first message must be a text auth message")
+		return nil, nil, errorf(CodeInvalidRequest, "the first message must be a text auth message")
 	}
 	var m clientMessage
 	if err := strictUnmarshal(data, &m); err != nil {
-		return nil, toError(err)
+		return nil, nil, toError(err)
 	}
 	switch m.Type {
 	case "auth":
 	case "frame", "ping":
-		return nil, errorf(CodeUnauthorized, `authenticate first: send {"type":"auth","api_key":...}`)
+		return nil, nil, errorf(CodeUnauthorized, `authenticate first: send {"type":"auth","api_key":...}`)
 	default:
-		return nil, errorf(CodeInvalidRequest, "unknown message type before auth")
+		return nil, nil, errorf(CodeInvalidRequest, "unknown message type before auth")
 	}
 	if m.ID != nil || m.Image != nil || m.TopK != nil {
-		return nil, errorf(CodeInvalidRequest, `an auth message has only "type" and "api_key"`)
+		return nil, nil, errorf(CodeInvalidRequest, `an auth message has only "type" and "api_key" or "token"`)
 	}
-	if m.APIKey == nil || *m.APIKey == "" {
-		return nil, errorf(CodeUnauthorized, "missing api_key")
+	var p *storage.Principal
+	var settings *streamSettings
+	switch {
+	case m.APIKey != nil && m.Token != nil:
+		return nil, nil, errorf(CodeInvalidRequest, `an auth message has "api_key" or "token", not both`)
+	case m.Token != nil && *m.Token != "":
+		p, settings, err = s.redeemClientToken(ctx, addr, *m.Token)
+	case m.APIKey != nil && *m.APIKey != "":
+		if storage.IsClientToken(*m.APIKey) {
+			s.metrics.clientTokens.WithLabelValues("wrong_route").Inc()
+			return nil, nil, errorf(CodeUnauthorized, `a client token goes in "token", not "api_key"`)
+		}
+		p, err = s.authenticate(ctx, addr, *m.APIKey)
+	default:
+		return nil, nil, errorf(CodeUnauthorized, "missing api_key or token")
 	}
-	p, err := s.authenticate(ctx, addr, *m.APIKey)
 	if err != nil {
 		e := toError(err)
 		if e.Code == CodeInternal {
 			s.log.Error("stream auth", "err", err)
 		}
-		return nil, e
+		return nil, nil, e
 	}
-	return p, nil
+	return p, settings, nil
 }
 
 // keepalive pings the peer every PingInterval; a peer that does not answer within

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import datetime as _dt
 import heapq
 import http.client
@@ -131,6 +132,22 @@ class Client:
         """The served model's description (``GET /v1/model/info``; no key needed)."""
         return json_or_error(self._http.request("GET", "/v1/model/info"))
 
+    def mint_token(self, ttl_seconds: int = 60, session: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Mint a client token (``POST /v1/client_tokens``) with this client's API key.
+
+        Returns ``{"token": "ct_...", "expires_at": "<RFC 3339>"}``. The token opens
+        one stream, once, within ``ttl_seconds`` (1-600): pass it to a browser, or to
+        ``stream(..., token=...)``. ``session`` holds the stream's starting settings
+        (``mode``, ``top_k``, ``fps``; the server applies ``top_k`` for now). A mint
+        counts against the key's requests_per_minute.
+        """
+        body: Dict[str, Any] = {"ttl_seconds": ttl_seconds}
+        if session is not None:
+            body["session"] = session
+        resp = self._authed("POST", "/v1/client_tokens", body=json.dumps(body).encode(),
+                            headers={"Content-Type": "application/json"})
+        return json_or_error(resp)
+
     # -- streams ---------------------------------------------------------------
 
     def stream(
@@ -140,6 +157,7 @@ class Client:
         fps: Union[float, str, None] = None,
         top_k: int = 5,
         retry_rate_limited: bool = False,
+        token: Optional[str] = None,
     ) -> Iterator[Dict[str, Any]]:
         """Classify many images over one stream; yields one dict per image, in input order.
 
@@ -149,7 +167,7 @@ class Client:
         """
         aclient = AsyncClient(self.url, self.api_key, self.timeout, _client=self)
         agen = aclient.stream(images, transport=transport, fps=fps, top_k=top_k,
-                              retry_rate_limited=retry_rate_limited)
+                              retry_rate_limited=retry_rate_limited, token=token)
         runner = _LoopThread()
         try:
             while True:
@@ -262,6 +280,9 @@ class AsyncClient:
     async def model_info(self) -> Dict[str, Any]:
         return await asyncio.to_thread(self._sync.model_info)
 
+    async def mint_token(self, ttl_seconds: int = 60, session: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        return await asyncio.to_thread(self._sync.mint_token, ttl_seconds, session)
+
     async def stream(
         self,
         images: Any,
@@ -269,6 +290,7 @@ class AsyncClient:
         fps: Union[float, str, None] = None,
         top_k: int = 5,
         retry_rate_limited: bool = False,
+        token: Optional[str] = None,
     ) -> AsyncIterator[Dict[str, Any]]:
         """Classify many images over one stream, pipelined; yield one dict per image.
 
@@ -298,14 +320,20 @@ class AsyncClient:
         client, for a file it cannot read) refused. A failure of the whole stream
         (authentication, connection lost, too many streams) raises InfergateError after
         the items that were complete.
+
+        ``token``: a client token (``mint_token``) to open the stream with, instead of
+        the API key. It opens one stream, once, so it takes ``"ws"``, ``"sse"`` or
+        ``"auto"`` (which then tries ws only: a refused WebSocket has spent it).
         """
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+        if token is not None and transport == "post":
+            raise ValueError("a client token opens a stream (ws or sse), not POST requests")
         if fps is not None and fps != "auto":
             fps = float(fps)
             if not fps > 0:
                 raise ValueError("fps must be positive")
-        adapter = await self._open(transport)
+        adapter = await self._open(transport, token)
         engine = _Engine(adapter, fps=fps, top_k=top_k, retry=retry_rate_limited,
                          frame_timeout=max(60.0, 2.0 * float(self.timeout)))
         results = engine.run(images)
@@ -318,12 +346,19 @@ class AsyncClient:
             await engine.stop()
             await adapter.close()
 
-    async def _open(self, transport: str) -> "_Adapter":
+    async def _open(self, transport: str, token: Optional[str] = None) -> "_Adapter":
         order = ["ws", "sse", "post"] if transport == "auto" else [transport]
+        client = self._sync
+        if token is not None:
+            if transport == "auto":
+                order = ["ws"]
+            # The adapters authenticate with client.api_key: a copy carries the token.
+            client = copy.copy(self._sync)
+            client.api_key = token
         failures: List[str] = []
         last: Optional[InfergateError] = None
         for name in order:
-            adapter = _ADAPTERS[name](self._sync)
+            adapter = _ADAPTERS[name](client)
             try:
                 await adapter.open()
                 return adapter

@@ -45,6 +45,7 @@ from infergate_client import (  # noqa: E402
     ImageTooLargeError,
     InfergateError,
     InvalidImageError,
+    InvalidRequestError,
     RateLimitError,
     TransportError,
 )
@@ -448,6 +449,42 @@ class TestPipelining(LiveTest):
 
     def test_post(self) -> None:
         self._ordered("post")
+
+
+class TestClientToken(LiveTest):
+    def test_mint_and_stream_once(self) -> None:
+        for transport in ("ws", "sse", "auto"):
+            with self.subTest(transport=transport):
+                client = self.client()
+                tok = client.mint_token(ttl_seconds=30, session={"mode": "ordered"})
+                self.assertTrue(tok["token"].startswith("ct_"), tok)
+                self.assertIn("expires_at", tok)
+                items = list(client.stream(PHOTOS[:2], transport=transport, token=tok["token"]))
+                self.assertEqual(len(items), 2, items)
+                for i in items:
+                    self.assertNotIn("error", i, i)
+                with self.assertRaises(AuthError) as cm:
+                    list(client.stream(PHOTOS[:1], transport=transport, token=tok["token"]))
+                self.assertEqual(cm.exception.code, "unauthorized")
+
+    def test_token_without_key(self) -> None:
+        tok = self.client().mint_token()["token"]
+        client = self.client(BAD_KEY)  # the token alone opens the stream
+        items = list(client.stream(PHOTOS[:1], transport="ws", token=tok))
+        self.assertNotIn("error", items[0], items[0])
+
+    def test_token_refused_for_requests(self) -> None:
+        tok = self.client().mint_token()["token"]
+        with self.assertRaises(AuthError):
+            self.client(tok).classify(PHOTOS[0])
+        with self.assertRaises(ValueError):
+            list(self.client().stream(PHOTOS[:1], transport="post", token=tok))
+
+    def test_invalid_settings(self) -> None:
+        with self.assertRaises(InvalidRequestError):
+            self.client().mint_token(ttl_seconds=601)
+        with self.assertRaises(InvalidRequestError):
+            self.client().mint_token(session={"mode": "fast"})
 
 
 class TestAuth(LiveTest):
