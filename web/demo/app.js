@@ -10,6 +10,9 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
+  // isClientToken tells a client token (ct_..., from POST /v1/client_tokens) from an
+  // API key: it opens one stream, once, and nothing else.
+  const isClientToken = (k) => k.startsWith('ct_');
 
   const KEY_STORE = 'infergate.apiKey'; // sessionStorage only: gone when the tab closes
   const MAX_RECENT = 24; // thumbnails kept in the strip
@@ -446,7 +449,12 @@
     state.authFailed = true;
     el.key.setAttribute('aria-invalid', 'true');
     setConn('invalid key', 'error');
-    setStatus('error', 'Invalid API key (unauthorized).', 'Check it: keys start with ig_.', message);
+    if (isClientToken(state.key)) {
+      setStatus('error', 'Client token refused (unauthorized).',
+        'A client token opens one stream, once, before it expires: mint a new one (POST /v1/client_tokens).', message);
+    } else {
+      setStatus('error', 'Invalid API key (unauthorized).', 'Check it: keys start with ig_.', message);
+    }
     if (state.selected) renderItem(state.selected);
   }
 
@@ -518,6 +526,11 @@
   async function postClassify(job) {
     if (!state.key) {
       setStatus('info', 'Paste an API key', 'to send by POST.');
+      return;
+    }
+    if (isClientToken(state.key)) {
+      failJob(job, 'unauthorized', 'A client token opens one stream only; POST /v1/classify needs an API key.', true);
+      setStatus('error', 'Not sent by POST.', 'A client token opens one stream only; POST /v1/classify needs an API key.');
       return;
     }
     state.postInFlight++;
@@ -694,7 +707,7 @@
     ws.onopen = () => {
       if (conn !== c) return;
       setConn('authenticating', 'busy');
-      ws.send(JSON.stringify({ type: 'auth', api_key: key }));
+      ws.send(JSON.stringify(isClientToken(key) ? { type: 'auth', token: key } : { type: 'auth', api_key: key }));
     };
     ws.onmessage = (ev) => {
       if (conn !== c || typeof ev.data !== 'string') return;

@@ -298,6 +298,37 @@ describe('demo page', { timeout: 15 * 60_000 }, () => {
     await close(s);
   });
 
+  test('a client token in place of a key opens one stream, once', { timeout: TEST_TIMEOUT }, async () => {
+    // What a web app's backend does: mint a short-lived token with its key, and hand
+    // the token, never the key, to the browser.
+    const res = await fetch(`${BASE}/v1/client_tokens`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ ttl_seconds: 120 }),
+    });
+    assert.equal(res.status, 201, 'POST /v1/client_tokens');
+    const { token } = await res.json();
+    assert.match(token, /^ct_/);
+
+    const s = await openDemo(browser, { key: token });
+    const { page } = s;
+    await pickDog(page);
+    await waitForDog(page);
+    assert.equal(await transport(page), 'websocket');
+    // POST /v1/classify takes API keys only: the page says so rather than send it.
+    await page.getByTestId('post-button').click();
+    await waitForText(page, 'status', /client token opens one stream only/);
+    assert.equal(await transport(page), 'websocket');
+    await close(s);
+
+    // Spent: a second page with the same token is refused, and says why.
+    const again = await openDemo(browser, { key: token });
+    await pickDog(again.page);
+    await waitForText(again.page, 'status', /Client token refused/);
+    assert.equal((await again.page.getByTestId('conn-state').textContent()).trim(), 'invalid key');
+    await close(again);
+  });
+
   test('phone and dark layouts', { timeout: TEST_TIMEOUT }, async () => {
     const phone = await openDemo(browser, { viewport: PHONE, mobile: true });
     await pickDog(phone.page);
