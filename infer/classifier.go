@@ -14,12 +14,25 @@ import (
 type Options struct {
 	// Name is the model name reported to clients, such as "mobilenetv2-12-int8".
 	Name string
-	// QueueSize is how many jobs may wait for a worker, all owners together (see
-	// WithOwner); when the queue is full, Classify fails at once with ErrOverloaded,
-	// or, when another owner has at least two more jobs waiting than the caller's,
-	// that owner's newest job does. A longer queue absorbs longer bursts but lets the
-	// latency of a queued job grow to QueueSize/throughput; a shorter one sheds load
-	// sooner. Zero means 64.
+	// MaxQueueDelay bounds the wait of a job for a worker: a new job is refused
+	// with an *OverloadedError (wrapping ErrOverloaded) when the jobs that would
+	// be served before it, in the round-robin order (see WithOwner, WithFlow),
+	// are expected to take the workers longer than this. The expectation is the
+	// number of those jobs times a worker's time per image (measured: a mean over
+	// the last batches, weighted to the recent ones) over the number of workers.
+	// Until a first batch has been timed nothing is refused for time, only at
+	// QueueSize. A longer delay absorbs longer bursts, and lets the latency of a
+	// queued job grow to it; a shorter one sheds load sooner. Because the order
+	// is round robin, an owner (or flow) with a long backlog has its own new jobs
+	// refused first, not another's. Zero means DefaultMaxQueueDelay.
+	MaxQueueDelay time.Duration
+	// QueueSize is how many jobs may wait for a worker, all owners together: a
+	// bound on the memory of the queue (each job holds its encoded image), not
+	// the normal way to refuse work, which is MaxQueueDelay. When the queue is
+	// full, a new job fails at once with an *OverloadedError, or, when another
+	// owner has at least two more jobs waiting than the caller's (or, within the
+	// caller's owner, another flow than the caller's), that owner's (flow's)
+	// newest job does. Zero means DefaultQueueSize.
 	QueueSize int
 	// MaxBatch is how many queued jobs a worker may run through the model at once,
 	// when the model's batch dimension is dynamic. A worker never waits to fill a
@@ -63,7 +76,15 @@ type Options struct {
 	// JPEG, or every JPEG in a build without libjpeg-turbo) is treated as without
 	// it.
 	DecodeJPEG func(data []byte, minW, minH int) (image.Image, error)
+
+	now func() time.Time // the clock; nil means time.Now (tests set it)
 }
+
+// Defaults of Options.MaxQueueDelay and Options.QueueSize.
+const (
+	DefaultMaxQueueDelay = 2 * time.Second
+	DefaultQueueSize     = 4096
+)
 
 // DefaultDecodeMemory is Options.DecodeMemory when it is zero: 1 GiB, four
 // decodes at DefaultMaxDecodeBytes.
@@ -86,11 +107,15 @@ type Result struct {
 	// this image, and InferenceMS the time of the model run, shared by every
 	// image of a batch.
 	QueueMS, DecodeMS, PreprocessMS, InferenceMS float64
+	// Batch is the number of images in the model run that served this one
+	// (1 to Options.MaxBatch).
+	Batch int
 }
 
-// Classifier classifies encoded images with a pool of model sessions: a bounded
-// queue, shared fairly between owners (see WithOwner), feeds one worker goroutine
-// per Backend. Its methods are safe for concurrent use.
+// Classifier classifies encoded images with a pool of model sessions: a queue
+// bounded by the expected wait (Options.MaxQueueDelay), shared fairly between
+// owners and their flows (see WithOwner, WithFlow), feeds one worker goroutine per
+// Backend. Its methods are safe for concurrent use.
 type Classifier struct {
 	backends []Backend
 	labels   []string
@@ -100,6 +125,7 @@ type Classifier struct {
 	size     int         // floats per image in the input tensor
 	jpeg     *scaledJPEG // Options.DecodeJPEG, or nil
 	mem      *memory     // Options.DecodeMemory
+	now      func() time.Time
 
 	queue *fairQueue
 
@@ -108,28 +134,30 @@ type Classifier struct {
 	closeErr  error
 }
 
-// job is one Classify call on its way through the queue.
+// job is one Submit call on its way through the queue.
 type job struct {
-	ctx   context.Context
-	owner string
-	image []byte
-	topK  int
-	start time.Time
+	ctx         context.Context
+	owner, flow string
+	image       []byte
+	topK        int
+	start       time.Time
+	done        func(*Result, error) // called once, by whoever ends the job's state
+	stop        func() bool          // stops watching ctx
 
-	// state is jobQueued, then jobTaken by a worker, or jobCanceled by the caller
-	// or by the queue making room. flow is the owner's flow while the job waits.
-	// Both are guarded by the queue's mutex.
-	state int
-	flow  *flow
-	done  chan struct{} // closed once res and err are set
-	res   *Result
-	err   error
+	// state is jobNew, jobQueued, then jobTaken by a worker, or jobCanceled by
+	// the caller or by the queue making room: whoever moves it from jobQueued
+	// calls done. queued is the flow while the job waits. Both are guarded by
+	// the queue's mutex.
+	state  int
+	queued *flowQueue
 
-	finished bool // done is closed; used by the worker only
+	res      *Result // built by the worker
+	finished bool    // done has been called; used by the worker only
 }
 
 const (
-	jobQueued = iota
+	jobNew = iota
+	jobQueued
 	jobTaken
 	jobCanceled
 )
@@ -181,8 +209,8 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 		}
 	}
 
-	if opt.QueueSize < 0 || opt.MaxBatch < 0 {
-		return nil, fmt.Errorf("infer: new classifier: negative queue size %d or max batch %d", opt.QueueSize, opt.MaxBatch)
+	if opt.QueueSize < 0 || opt.MaxBatch < 0 || opt.MaxQueueDelay < 0 {
+		return nil, fmt.Errorf("infer: new classifier: negative queue size %d, max batch %d or max queue delay %v", opt.QueueSize, opt.MaxBatch, opt.MaxQueueDelay)
 	}
 	if opt.DecodeMemory < 0 {
 		return nil, fmt.Errorf("infer: new classifier: negative decode memory %d", opt.DecodeMemory)
@@ -191,7 +219,13 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 		opt.DecodeMemory = DefaultDecodeMemory
 	}
 	if opt.QueueSize == 0 {
-		opt.QueueSize = 64
+		opt.QueueSize = DefaultQueueSize
+	}
+	if opt.MaxQueueDelay == 0 {
+		opt.MaxQueueDelay = DefaultMaxQueueDelay
+	}
+	if opt.now == nil {
+		opt.now = time.Now
 	}
 	if opt.MaxBatch == 0 {
 		opt.MaxBatch = 1
@@ -209,8 +243,9 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 		opt:      opt,
 		maxBatch: 1,
 		size:     3 * info.Width * info.Height,
-		queue:    newFairQueue(opt.QueueSize),
+		queue:    newFairQueue(opt.QueueSize, opt.MaxQueueDelay, len(backends)),
 		mem:      newMemory(opt.DecodeMemory),
+		now:      opt.now,
 	}
 	if opt.DecodeJPEG != nil {
 		minW, minH := opt.Preprocess.minSource(info.Width, info.Height)
@@ -243,53 +278,88 @@ func (c *Classifier) Labels() []string { return slices.Clone(c.labels) }
 func (c *Classifier) QueueLen() int { return c.queue.len() }
 
 // Classify decodes, preprocesses and classifies one encoded image, and returns its
-// topK classes (0 means 5; more than the class count means all).
+// topK classes (0 means 5; more than the class count means all). It is Submit,
+// waiting for the answer.
 //
-// The work happens in a worker, so the memory spent decoding is bounded by the
-// number of workers. The job counts as ctx's owner's (see WithOwner). When the
-// queue is full Classify returns ErrOverloaded, at once or when the queue makes room
-// for an owner with fewer jobs waiting; after Close it returns ErrClosed. If ctx ends while the job waits in the
-// queue, Classify returns ctx.Err() and the job is skipped; if it ends while a
-// worker runs the job, Classify waits for that run (one batch) and returns
-// ctx.Err(). Either way the classifier no longer reads image once Classify has
-// returned. Bad input gives an error wrapping ErrInvalidImage or ErrTooLarge.
+// If ctx ends while the job waits in the queue, Classify returns ctx.Err() at
+// once and the job is skipped; if it ends while a worker runs the job, Classify
+// waits for that run (one batch) and returns ctx.Err(). Either way the
+// classifier no longer reads image once Classify has returned. The other errors
+// are Submit's, and those of the job: bad input gives an error wrapping
+// ErrInvalidImage or ErrTooLarge, a job pushed out of the full queue an
+// *OverloadedError.
 func (c *Classifier) Classify(ctx context.Context, image []byte, topK int) (*Result, error) {
-	if err := ctx.Err(); err != nil {
+	type answer struct {
+		res *Result
+		err error
+	}
+	ch := make(chan answer, 1)
+	if err := c.Submit(ctx, image, topK, func(res *Result, err error) { ch <- answer{res, err} }); err != nil {
 		return nil, err
+	}
+	a := <-ch
+	if a.err == nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return a.res, a.err
+}
+
+// Submit queues one encoded image to be decoded, preprocessed and classified, and
+// returns at once. The job counts as ctx's owner's and flow's (see WithOwner,
+// WithFlow). topK is the number of classes wanted: 0 means 5, more than the
+// class count means all.
+//
+// When Submit returns nil, done is called exactly once with the job's outcome:
+// usually from a worker goroutine, with the Result or an error wrapping
+// ErrInvalidImage or ErrTooLarge; with ctx.Err() if ctx ends before a worker
+// takes the job (from the goroutine that context.AfterFunc starts), or with an
+// *OverloadedError if the full queue pushes the job out to make room for
+// another owner's (from that Submit call). A job that a worker has taken is run
+// to its end, whatever happens to ctx meanwhile. done must not block: a worker
+// waits for it, and other jobs wait for the worker. No lock of the classifier
+// is held while it runs, so it may call Submit. The classifier no longer reads
+// image once done has been called.
+//
+// When Submit returns an error, done is never called. The errors: ctx.Err() if
+// ctx has already ended; an error wrapping ErrTooLarge for an image over
+// Limits.MaxBytes; an *OverloadedError, which wraps ErrOverloaded and tells when
+// to retry, when the job would wait longer than Options.MaxQueueDelay or the
+// queue is full; ErrClosed after Close.
+func (c *Classifier) Submit(ctx context.Context, image []byte, topK int, done func(*Result, error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if topK <= 0 {
 		topK = 5
 	}
 	if int64(len(image)) > c.opt.Limits.MaxBytes {
 		// Refused here too, so that it takes no place in the queue.
-		return nil, fmt.Errorf("%w: image is %d bytes, limit is %d", ErrTooLarge, len(image), c.opt.Limits.MaxBytes)
+		return fmt.Errorf("%w: image is %d bytes, limit is %d", ErrTooLarge, len(image), c.opt.Limits.MaxBytes)
 	}
-	j := &job{ctx: ctx, owner: ownerOf(ctx), image: image, topK: topK, start: time.Now(), done: make(chan struct{})}
-
-	evicted, queued, closed := c.queue.push(j)
-	if evicted != nil {
-		evicted.finish(nil, ErrOverloaded)
-	}
-	switch {
-	case closed:
-		return nil, ErrClosed
-	case !queued:
-		return nil, ErrOverloaded
-	}
-
-	select {
-	case <-j.done:
-		return j.res, j.err
-	case <-ctx.Done():
+	j := &job{ctx: ctx, owner: ownerOf(ctx), flow: flowOf(ctx), image: image, topK: topK, start: c.now(), done: done}
+	// Watch ctx before the job can be taken, so that j.stop is set for the
+	// worker; a cancellation before the push finds the job not queued, and the
+	// worker then sees ctx's error.
+	j.stop = context.AfterFunc(ctx, func() {
 		if c.queue.cancel(j) {
-			return nil, ctx.Err()
+			j.done(nil, ctx.Err())
 		}
-		// A worker has the job and may be reading image, or the queue is
-		// answering it: wait for that.
-		<-j.done
-		return nil, ctx.Err()
+	})
+	evicted, evictErr, err := c.queue.push(j)
+	if evicted != nil {
+		evicted.stop()
+		evicted.done(nil, evictErr)
 	}
+	if err != nil {
+		j.stop()
+		return err
+	}
+	return nil
 }
+
+// ImageTime returns the estimated time a worker takes per image, a mean of the
+// last batches' weighted to the recent ones; 0 until a batch has been timed.
+func (c *Classifier) ImageTime() time.Duration { return c.queue.estimate() }
 
 // Close stops accepting jobs (Classify returns ErrClosed), lets the workers finish
 // the jobs already queued, stops them and closes the backends. It returns the
@@ -334,14 +404,22 @@ func (c *Classifier) work(b Backend) {
 		if len(w.batch) == 0 {
 			return // closed and drained
 		}
-		c.process(w)
+		for _, j := range w.batch {
+			j.stop() // taken: no longer cancelled by ctx
+		}
+		taken := c.now()
+		if n := c.process(w, taken); n > 0 {
+			c.queue.observe(c.now().Sub(taken), n)
+		}
 		clear(w.batch)
 		clear(w.ready)
 	}
 }
 
-// process runs one batch. A panic fails the jobs not yet answered, not the process.
-func (c *Classifier) process(w *worker) {
+// process runs one batch taken at taken, and returns the number of jobs it
+// worked on (not skipped for their context's end): what its time is spent on. A
+// panic fails the jobs not yet answered, not the process.
+func (c *Classifier) process(w *worker, taken time.Time) (worked int) {
 	defer func() {
 		if r := recover(); r != nil {
 			for _, j := range w.batch {
@@ -351,13 +429,13 @@ func (c *Classifier) process(w *worker) {
 			}
 		}
 	}()
-	taken := time.Now()
 	w.ready = w.ready[:0]
 	for _, j := range w.batch {
 		if err := j.ctx.Err(); err != nil {
 			j.finish(nil, err)
 			continue
 		}
+		worked++
 		j.res = &Result{QueueMS: ms(taken.Sub(j.start))}
 		if err := c.prepare(j, w.input[len(w.ready)*c.size:][:c.size]); err != nil {
 			j.res = nil
@@ -367,13 +445,13 @@ func (c *Classifier) process(w *worker) {
 		w.ready = append(w.ready, j)
 	}
 	if len(w.ready) == 0 {
-		return
+		return worked
 	}
 
 	n, classes := len(w.ready), c.info.NumClasses
-	start := time.Now()
+	start := c.now()
 	logits, err := run(w.backend, w.input[:n*c.size], n)
-	inference := ms(time.Since(start))
+	inference := ms(c.now().Sub(start))
 	if err == nil && len(logits) < n*classes {
 		err = fmt.Errorf("infer: model returned %d logits for %d images of %d classes", len(logits), n, classes)
 	}
@@ -389,8 +467,10 @@ func (c *Classifier) process(w *worker) {
 		}
 		j.res.Predictions = TopK(w.probs, c.labels, j.topK)
 		j.res.InferenceMS = inference
+		j.res.Batch = n
 		j.finish(j.res, nil)
 	}
+	return worked
 }
 
 // prepare decodes j's image and writes it into dst. The decode holds its
@@ -411,17 +491,17 @@ func (c *Classifier) prepare(j *job, dst []float32) (err error) {
 		},
 		extra: func(w, h int64) int64 { return fillBytes(w, h, c.info.Width, c.info.Height) },
 	}
-	t0 := time.Now()
+	t0 := c.now()
 	d, err := decode(j.image, c.opt.Limits, codecs[:], opt)
 	if err != nil {
 		return err
 	}
 	defer d.release()
-	t1 := time.Now()
+	t1 := c.now()
 	c.opt.Preprocess.Fill(dst, d.img, c.info.Layout, c.info.Width, c.info.Height)
 	j.res.Width, j.res.Height, j.res.Format, j.res.Decoder = d.width, d.height, d.format, d.decoder
 	j.res.QueueMS += ms(waited)
-	j.res.DecodeMS, j.res.PreprocessMS = ms(t1.Sub(t0)-waited), ms(time.Since(t1))
+	j.res.DecodeMS, j.res.PreprocessMS = ms(t1.Sub(t0)-waited), ms(c.now().Sub(t1))
 	return nil
 }
 
@@ -439,9 +519,11 @@ func run(b Backend, input []float32, n int) (logits []float32, err error) {
 	return logits, nil
 }
 
+// finish answers j. The worker calls it, once per job: finished is set first, so
+// that a panic in done does not make the worker's recovery answer j again.
 func (j *job) finish(res *Result, err error) {
-	j.res, j.err, j.finished = res, err, true
-	close(j.done)
+	j.finished = true
+	j.done(res, err)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

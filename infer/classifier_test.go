@@ -286,6 +286,21 @@ func TestClassifyBatching(t *testing.T) {
 	if !slices.Equal(batches, []int{1, 4, 4, 1, 1}) {
 		t.Errorf("batch sizes = %v, want [1 4 4 1 1]", batches)
 	}
+	// Each result tells the size of its run, and where its time went.
+	sizes := map[int]int{}
+	for _, res := range append(results, ref["dog"], ref["kite"]) {
+		if res == nil {
+			continue // its error is reported below
+		}
+		sizes[res.Batch]++
+		if res.DecodeMS <= 0 || res.PreprocessMS <= 0 || res.InferenceMS <= 0 || res.QueueMS < 0 {
+			t.Errorf("timing of a result: queue %v, decode %v, preprocess %v, inference %v ms; want each set",
+				res.QueueMS, res.DecodeMS, res.PreprocessMS, res.InferenceMS)
+		}
+	}
+	if sizes[4] != 8 || sizes[1] != 3 {
+		t.Errorf("results by Batch = %v, want 8 of 4 and 3 of 1", sizes)
+	}
 	for i, res := range results {
 		if errs[i] != nil {
 			t.Fatal(errs[i])

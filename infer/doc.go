@@ -35,16 +35,25 @@
 // # Classifier
 //
 // A Classifier owns a set of Backends and runs one worker goroutine per Backend.
-// Classify puts a job on a bounded queue and waits; a free worker takes it,
+// Submit puts a job on a queue and returns; a free worker takes it,
 // decodes, preprocesses, runs the model and answers. Decoding happens in the
 // workers, so at most one decoded image per worker is in memory however many
 // requests arrive, and the workers hold the memory of their decodes, as
 // estimated, in one shared budget (Options.DecodeMemory): a worker whose image
-// does not fit waits for the others. When the queue is full Classify fails at once with
-// ErrOverloaded: a server should answer 503 with Retry-After rather than let
-// latency grow without bound. A job whose context ends while it is queued is
-// skipped. A panic in a worker fails that job, not the process. Close stops
-// accepting jobs, finishes the queued ones and closes the Backends.
+// does not fit waits for the others, and calls the job's done function with the
+// answer. Classify is Submit and a wait for that answer. No goroutine is started
+// per job.
+//
+// The queue is fair in two levels: jobs are taken round robin by owner
+// (WithOwner, the server's user), and within an owner's turns round robin by
+// flow (WithFlow, the server's stream); a batch is drawn in the same order. It
+// is bounded by time: Submit refuses a job with an *OverloadedError (wrapping
+// ErrOverloaded, with a retry hint) when the jobs that would be served before it
+// in that order would keep it waiting longer than Options.MaxQueueDelay, at the
+// measured time per image. A server should answer 503 with Retry-After rather
+// than let latency grow without bound. A job whose context ends while it is
+// queued is skipped. A panic in a worker fails that job, not the process. Close
+// stops accepting jobs, finishes the queued ones and closes the Backends.
 //
 // # Tuning
 //
@@ -63,11 +72,21 @@
 // Options.DecodeJPEG: see "Scaled JPEG decoding" below. It halves the time per
 // image on the sample photo.
 //
-// Options.QueueSize: the number of jobs that may wait for a worker. A longer
-// queue absorbs longer bursts without errors, but a job at its end waits
-// QueueSize/throughput before it starts (64 jobs at 100 images/s is 640 ms), and
-// each queued job holds its encoded bytes. A shorter queue sheds load sooner and
-// keeps latency bounded.
+// Options.MaxQueueDelay: the longest expected wait for a worker (2 s by
+// default). The expectation counts the jobs served before the new one in the
+// round-robin order, times a worker's time per image (an exponentially weighted
+// mean over batches, each weighing 1/8), over the number of workers. A longer
+// delay absorbs longer bursts without errors but lets a job's latency grow to
+// it; a shorter one sheds load sooner. The mean follows a change of images
+// within a dozen batches; one batch of a huge image raises it for a while. Until
+// the first batch has been timed, nothing is refused for time: a cold server
+// has no measure, and the first batch gives one within the time of one batch.
+//
+// Options.QueueSize: the most jobs that may wait, 4096 by default; each holds its
+// encoded bytes. It is a bound on memory, not the normal refusal: MaxQueueDelay
+// refuses first unless images are very fast or unmeasured. When it is reached,
+// the owner (or, within an owner, the flow) with the most jobs waiting gives up
+// its newest to one with at least two fewer.
 //
 // Options.MaxBatch: when the model's batch dimension is dynamic, a worker that
 // becomes free takes up to MaxBatch queued jobs and runs them through the model at

@@ -3,6 +3,7 @@ package infer
 import (
 	"bytes"
 	"image"
+	"time"
 )
 
 // Estimate returns what decode estimates that decoding data takes, in bytes:
@@ -38,4 +39,11 @@ func (c *Classifier) MemoryInUse() int64 { return c.mem.inUse.Load() }
 func (c *Classifier) FillBytes(m image.Image) int64 {
 	b := m.Bounds()
 	return fillBytes(int64(b.Dx()), int64(b.Dy()), c.info.Width, c.info.Height)
+}
+
+// WithClock returns opt with the classifier's clock set to now: for tests that
+// control the time images take.
+func WithClock(opt Options, now func() time.Time) Options {
+	opt.now = now
+	return opt
 }

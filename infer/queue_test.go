@@ -89,6 +89,7 @@ func TestFairOverload(t *testing.T) {
 	f := newFake()
 	c := newClassifier(t, []infer.Backend{f}, fakeLabels, infer.Options{QueueSize: 4})
 	img := encodePNG(t, gradient(8, 8))
+	release := releasing(t, f)
 
 	running := classifyAs(c, "greedy", img, nil)
 	<-f.started
@@ -128,7 +129,7 @@ func TestFairOverload(t *testing.T) {
 		t.Fatalf("a fifth owner's job on a fairly shared full queue = %v, want ErrOverloaded", err)
 	}
 
-	close(f.release)
+	release()
 	for _, j := range []*ownerJob{running, greedy[0], light, other, fourth} {
 		if err := <-j.done; err != nil {
 			t.Errorf("%s: %v", j.owner, err)

@@ -85,9 +85,14 @@ func (p *Pipeline) Run(ctx context.Context, req *Request, codeOf StatusCoder) Ou
 	if req.Err != nil {
 		out.Err = req.Err
 	} else {
-		// The model's workers are shared fairly between users.
-		owner := strconv.FormatInt(req.Principal.User.ID, 10)
-		res, err := p.Classifier.Classify(infer.WithOwner(ctx, owner), req.Image, req.TopK)
+		// The model's workers are shared fairly between users, and within a user's
+		// share between its streams; a POST request (no session) is a flow of
+		// its own.
+		ctx := infer.WithOwner(ctx, strconv.FormatInt(req.Principal.User.ID, 10))
+		if req.SessionID != "" {
+			ctx = infer.WithFlow(ctx, req.SessionID)
+		}
+		res, err := p.Classifier.Classify(ctx, req.Image, req.TopK)
 		out.Result, out.Err = res, err
 		if res != nil {
 			out.Inference = time.Duration(res.InferenceMS * float64(time.Millisecond))

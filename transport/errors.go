@@ -115,7 +115,7 @@ func toError(err error) *Error {
 	case errors.Is(err, infer.ErrInvalidImage):
 		return &Error{Code: CodeInvalidImage, Message: trimPrefix(err, "infer: ")}
 	case errors.Is(err, infer.ErrOverloaded):
-		return &Error{Code: CodeOverloaded, Message: "the inference queue is full; try again shortly", RetryAfter: overloadedRetry}
+		return overloadedError(err)
 	case errors.Is(err, infer.ErrClosed):
 		return &Error{Code: CodeUnavailable, Message: "the model is not loaded"}
 	case errors.Is(err, storage.ErrFull):
@@ -126,6 +126,22 @@ func toError(err error) *Error {
 		return &Error{Code: CodeOverloaded, Message: "the request timed out waiting for the model", RetryAfter: overloadedRetry}
 	}
 	return &Error{Code: CodeInternal, Message: "internal error"}
+}
+
+// overloadedError answers a job the model's queue refused, or pushed out to make room:
+// with the queue's own retry hint when it gives one (infer.OverloadedError), so
+// that Retry-After and retry_after_ms say when the queued work will have drained.
+func overloadedError(err error) *Error {
+	e := &Error{Code: CodeOverloaded, Message: "the inference queue is full; try again shortly", RetryAfter: overloadedRetry}
+	var over *infer.OverloadedError
+	if errors.As(err, &over) && over.RetryAfter > 0 {
+		e.RetryAfter = over.RetryAfter
+		if over.Wait > 0 {
+			e.Message = fmt.Sprintf("the model is busy: this image would wait about %d ms, over the server's bound; retry after %d ms",
+				over.Wait.Milliseconds(), over.RetryAfter.Milliseconds())
+		}
+	}
+	return e
 }
 
 func trimPrefix(err error, p string) string {

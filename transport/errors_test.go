@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/infergate/infergate/infer"
 	"github.com/infergate/infergate/session"
 	"github.com/infergate/infergate/storage"
 )
@@ -56,5 +58,39 @@ func TestFullDiskErrors(t *testing.T) {
 	}
 	if e := toError(logRow); e.Message != errFull.Message || len(e.Message) > 123 {
 		t.Errorf("message %q: want errFull's, short enough for a close reason", e.Message)
+	}
+}
+
+// TestOverloadedRetry checks that an overloaded answer carries the queue's own
+// retry hint when it gives one: in Retry-After (whole seconds, rounded up) and
+// in a stream's retry_after_ms, through the one error table.
+func TestOverloadedRetry(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		err   error
+		retry time.Duration
+		hdr   string
+	}{
+		{"no hint", infer.ErrOverloaded, overloadedRetry, "1"},
+		{"expected wait", fmt.Errorf("classify: %w", &infer.OverloadedError{Wait: 3 * time.Second, RetryAfter: 2500 * time.Millisecond}), 2500 * time.Millisecond, "3"},
+		{"pushed out", &infer.OverloadedError{RetryAfter: 40 * time.Millisecond}, 40 * time.Millisecond, "1"},
+	}
+	s := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, tc := range cases {
+		e := toError(tc.err)
+		if e.Code != CodeOverloaded || e.Status() != http.StatusServiceUnavailable || e.RetryAfter != tc.retry {
+			t.Errorf("%s: %s %d retry %v, want overloaded 503 retry %v", tc.name, e.Code, e.Status(), e.RetryAfter, tc.retry)
+		}
+		rec := httptest.NewRecorder()
+		h := withRequestID(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, tc.err) }))
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/classify", nil))
+		if got := rec.Result().Header.Get("Retry-After"); got != tc.hdr {
+			t.Errorf("%s: Retry-After %q, want %q", tc.name, got, tc.hdr)
+		}
+		m, ok := s.eventMessage(session.Event{Kind: session.KindError, Err: tc.err}).(errorMessage)
+		if !ok || m.RetryAfterMS == nil || *m.RetryAfterMS != tc.retry.Milliseconds() {
+			t.Errorf("%s: stream message %+v, want retry_after_ms %d", tc.name, m, tc.retry.Milliseconds())
+		}
 	}
 }

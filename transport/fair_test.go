@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"fmt"
 	"image"
 	"image/color"
 	"image/png"
@@ -76,5 +77,53 @@ func TestFairSharing(t *testing.T) {
 	}
 	if rank < 0 || rank > 4 {
 		t.Errorf("light's request was answered %d of %d (order %v); want it among the first 5", rank+1, len(order), order)
+	}
+}
+
+// TestBurstAnswered checks that a burst of requests from many users, one POST
+// each at once from each of many clients, is answered rather than refused with
+// the default bounds: the queue is bounded by the expected wait (2 s), not by a
+// small count. The queue's estimate of the time per image is measured on these
+// images first, so that the burst meets the bound (not the cold start, which
+// refuses nothing, nor the estimate left by other tests' large images).
+func TestBurstAnswered(t *testing.T) {
+	e := newEnv(t)
+	img := slowPNG(t, 64, 64)
+	// The estimate weighs each batch 1/8: after 40, what came before weighs 0.5%.
+	for range 40 {
+		if resp, b := e.do(t, "POST", "/v1/classify", e.key, "image/png", img); resp.StatusCode != http.StatusOK {
+			t.Fatalf("warm-up request: %d %s", resp.StatusCode, b)
+		}
+	}
+	cls := realModel(t)
+
+	// 10 users x 10 requests: more than the 64 images the count-bounded queue
+	// held (and under --max-bodies, 128).
+	const users, each = 10, 10
+	var (
+		mu    sync.Mutex // guards codes
+		codes = map[int]int{}
+		wg    sync.WaitGroup
+	)
+	for u := range users {
+		key := e.newKey(t, fmt.Sprintf("burst%d@test", u), storage.Limits{})
+		for range each {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, b := e.do(t, "POST", "/v1/classify", key, "image/png", img)
+				if resp.StatusCode != http.StatusOK {
+					t.Logf("%d %s", resp.StatusCode, b)
+				}
+				mu.Lock()
+				codes[resp.StatusCode]++
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	t.Logf("answers by status %v; %v per image", codes, cls.ImageTime())
+	if codes[http.StatusOK] != users*each {
+		t.Errorf("a burst of %d requests: answered by status %v, want all 200", users*each, codes)
 	}
 }

@@ -202,13 +202,14 @@ func (m *Main) loadModel() (*infer.Classifier, error) {
 		MaxMemory:   min(orDefault(c.maxDecodeBytes, infer.DefaultMaxDecodeBytes), orDefault(c.decodeMemory, infer.DefaultDecodeMemory)),
 	}
 	cls, err := infer.New(backends, labels, infer.Options{
-		Name:         strings.TrimSuffix(filepath.Base(c.model), filepath.Ext(c.model)),
-		QueueSize:    c.queue,
-		MaxBatch:     c.maxBatch,
-		Limits:       lim,
-		DecodeMemory: c.decodeMemory,
-		Preprocess:   infer.Preprocess{Mean: mean, Std: std, Resize: c.resize},
-		DecodeJPEG:   turbo.Decode, // falls back to image/jpeg on what it cannot read
+		Name:          strings.TrimSuffix(filepath.Base(c.model), filepath.Ext(c.model)),
+		QueueSize:     c.queue,
+		MaxQueueDelay: c.maxQueueDelay,
+		MaxBatch:      c.maxBatch,
+		Limits:        lim,
+		DecodeMemory:  c.decodeMemory,
+		Preprocess:    infer.Preprocess{Mean: mean, Std: std, Resize: c.resize},
+		DecodeJPEG:    turbo.Decode, // falls back to image/jpeg on what it cannot read
 	})
 	if err != nil {
 		for _, b := range backends {

@@ -21,6 +21,7 @@ type config struct {
 	demoKeyFile                     string
 	workers, threads, maxBatch      int
 	queue                           int
+	maxQueueDelay                   time.Duration
 	resize, mean, std               string
 	maxImageBytes, maxPixels        int64
 	maxDecodeBytes, decodeMemory    int64
@@ -72,7 +73,8 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.IntVar(&c.workers, "workers", runtime.NumCPU(), "model sessions running side by side; each decodes and classifies one image (or batch) at a time")
 	fs.IntVar(&c.threads, "threads", 1, "ONNX Runtime intra-op threads per worker; workers x threads should not exceed the cores")
 	fs.IntVar(&c.maxBatch, "max-batch", 8, "images a worker may run in one batch when several wait (models with a dynamic batch size); it never waits to fill one")
-	fs.IntVar(&c.queue, "queue", 64, "images waiting for a worker before new ones are answered overloaded (503)")
+	fs.DurationVar(&c.maxQueueDelay, "max-queue-delay", infer.DefaultMaxQueueDelay, "longest expected wait for a worker: an image that would wait longer, behind the images served before it in the fair order, is answered overloaded (503) with a retry hint")
+	fs.IntVar(&c.queue, "queue", infer.DefaultQueueSize, "most images waiting for a worker, all users: a memory bound (each holds its bytes); past it a user with at least two fewer waiting takes the newest of the user with the most, otherwise the newcomer is answered overloaded (503)")
 	fs.StringVar(&c.resize, "resize", "shorter", "preprocessing: shorter (shorter side to 256/224 of the input, centre crop) or stretch")
 	fs.StringVar(&c.mean, "mean", "0.485,0.456,0.406", "per-channel mean of x/255, RGB")
 	fs.StringVar(&c.std, "std", "0.229,0.224,0.225", "per-channel standard deviation, RGB")
