@@ -31,13 +31,6 @@ func timingOf(res *infer.Result, log time.Duration) timing {
 }
 
 // batchOf returns how many images the model run that served res took at once.
-//
-// PLACEHOLDER: infer.Result does not report its batch yet, so this is 1, which is
-// only true when the model runs one image at a time (--max-batch 1; the default, 8,
-// batches under load). It becomes res.Batch once the classifier reports it.
-func batchOf(res *infer.Result) int {
-	_ = res
-	return 1
-}
+func batchOf(res *infer.Result) int { return res.Batch }
 
 func round2(v float64) float64 { return math.Round(v*100) / 100 }
