@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/infergate/infergate/infer"
+
+	"github.com/infergate/infergate/internal/testenv"
 )
 
 // submitted is the outcome of one Submit call.
@@ -152,28 +154,10 @@ func TestFairBatch(t *testing.T) {
 	}
 }
 
-// fakeClock is a clock that moves only when told.
-type fakeClock struct {
-	mu sync.Mutex // guards t
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // timed is a fake backend whose runs take perImage of the clock per image.
 type timed struct {
 	*fake
-	clock    *fakeClock
+	clock    *testenv.Clock
 	perImage time.Duration
 }
 
@@ -187,7 +171,7 @@ func (b *timed) Run(input []float32, batch int) ([]float32, error) {
 // the measured time per image: the owner with a backlog is refused, another
 // owner, or another flow of the same owner, is not.
 func TestQueueDelay(t *testing.T) {
-	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clock := testenv.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 	b := &timed{fake: newFake(), clock: clock, perImage: 100 * time.Millisecond}
 	c := newClassifier(t, []infer.Backend{b}, fakeLabels,
 		infer.WithClock(infer.Options{MaxQueueDelay: time.Second}, clock.Now))

@@ -8,27 +8,14 @@ import (
 	"time"
 
 	"github.com/infergate/infergate/ratelimit"
+
+	"github.com/infergate/infergate/internal/testenv"
 )
 
-// fakeClock is a clock tests move by hand. It is safe for concurrent use.
-type fakeClock struct {
-	mu sync.Mutex // guards t
-	t  time.Time
-}
+// fakeClock is a clock tests move by hand.
+type fakeClock = testenv.Clock
 
-func newFakeClock() *fakeClock { return &fakeClock{t: t0} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newFakeClock() *fakeClock { return testenv.NewClock(t0) }
 
 func newKeyed(t *testing.T, window time.Duration) (*ratelimit.Keyed[string], *fakeClock) {
 	t.Helper()

@@ -201,10 +201,10 @@ func TestLastUsedIsFlushed(t *testing.T) {
 	}
 
 	// Several uses between flushes: the latest is stored, once.
-	clk.add(30 * time.Second)
+	clk.Advance(30 * time.Second)
 	auth(key)
 	auth(key2)
-	clk.add(10 * time.Second)
+	clk.Advance(10 * time.Second)
 	auth(key)
 	if err := db.FlushLastUsed(ctx); err != nil {
 		t.Fatal(err)
@@ -225,7 +225,7 @@ func TestLastUsedIsFlushed(t *testing.T) {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-	clk.add(time.Minute)
+	clk.Advance(time.Minute)
 	auth(key2)
 	if err := db.FlushLastUsed(short); err == nil {
 		t.Error("flush without the write connection succeeded")
@@ -257,13 +257,13 @@ func TestLastUsedIsFlushed(t *testing.T) {
 	}
 
 	// Close flushes what is left.
-	clk.add(time.Hour)
+	clk.Advance(time.Hour)
 	auth(key)
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if lu := lastUsedOf(t, db2, k.ID); lu == nil || !lu.Equal(clk.now()) {
-		t.Errorf("after Close: last used %v, want %v", lu, clk.now())
+	if lu := lastUsedOf(t, db2, k.ID); lu == nil || !lu.Equal(clk.Now()) {
+		t.Errorf("after Close: last used %v, want %v", lu, clk.Now())
 	}
 }
 
@@ -388,7 +388,7 @@ func TestRevokeKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	revokedAt := clk.t
+	revokedAt := clk.Now()
 	if got.ID != k.ID || got.RevokedAt == nil || !got.RevokedAt.Equal(revokedAt) {
 		t.Errorf("revoked %+v, want key %d revoked at %v", got, k.ID, revokedAt)
 	}
@@ -400,7 +400,7 @@ func TestRevokeKey(t *testing.T) {
 	}
 
 	// Again: no error, and the first revocation time stays.
-	clk.add(time.Hour)
+	clk.Advance(time.Hour)
 	got, err = db.RevokeKey(ctx, k.Prefix)
 	if err != nil || got.ID != k.ID || !got.RevokedAt.Equal(revokedAt) {
 		t.Errorf("second revoke = %+v, %v; want key %d revoked at %v", got, err, k.ID, revokedAt)

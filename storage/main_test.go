@@ -4,11 +4,12 @@ import (
 	"context"
 	"path/filepath"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/infergate/infergate/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -37,25 +38,10 @@ func newKey(t testing.TB, db *DB, email string) (string, *APIKey, *User) {
 	return key, k, u
 }
 
-// clock is a settable clock for DB.now, safe to read from other goroutines.
-type clock struct {
-	mu sync.Mutex // guards t
-	t  time.Time
-}
+// clock is a settable clock for DB.now.
+type clock = testenv.Clock
 
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func setClock(db *DB, t time.Time) *clock { c := &clock{t: t}; db.now = c.now; return c }
+func setClock(db *DB, t time.Time) *clock { c := testenv.NewClock(t); db.now = c.Now; return c }
 
 // waitFor waits until cond holds, failing the test after 10 s.
 func waitFor(t testing.TB, what string, cond func() bool) {

@@ -157,7 +157,7 @@ func TestRunRetention(t *testing.T) {
 	if h, err := e.db.LogHorizon(context.Background()); err != nil || h.Before(t0.Add(-36*time.Hour)) {
 		t.Errorf("horizon %v, %v; want at least %v", h, err, t0.Add(-36*time.Hour))
 	}
-	clk.add(day) // a day later, the row of t0-1d is 2 days old
+	clk.Advance(day) // a day later, the row of t0-1d is 2 days old
 	waitFor(t, "the next period prunes the row now 2 days old", func() bool { return e.count(t) == 1 })
 
 	// Keep 0 keeps everything and returns at once.
