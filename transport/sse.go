@@ -141,6 +141,11 @@ func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*sseSession, e
 		token = r.URL.Query().Get("token")
 	}
 	ss := s.sse.get(id)
+	if ss != nil && ss.stream.Err() != nil {
+		// Ended (expired, deleted, revoked, shut down) but not yet out of the map:
+		// gone, as it will be a moment later.
+		ss = nil
+	}
 	addr := s.clientAddr(r)
 	switch {
 	case token != "":
