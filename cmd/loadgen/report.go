@@ -20,7 +20,8 @@ type ortFigure struct {
 	what string
 }
 
-// runReport prints a markdown table of run reports against ortbench's figures:
+// runReport prints a markdown table of run reports against ortbench's figures, and
+// the goal scenarios' reports in a second one:
 //
 //	loadgen report [--ort ortbench.json] run.json...
 func runReport(args []string, stdout, stderr io.Writer) error {
@@ -63,9 +64,13 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 			throughput = append(throughput, r)
 		}
 	}
-	writeTable(stdout, throughput, best, best1)
+	if len(throughput) > 0 || len(goals) == 0 {
+		writeTable(stdout, throughput, best, best1)
+	}
 	if len(goals) > 0 {
-		fmt.Fprintln(stdout)
+		if len(throughput) > 0 {
+			fmt.Fprintln(stdout)
+		}
 		writeGoals(stdout, goals)
 	}
 	for _, u := range unreadable {

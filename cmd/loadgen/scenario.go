@@ -53,9 +53,9 @@ type BurstFigures struct {
 	Unanswered     int64   `json:"unanswered"` // no answer within --drain, or the stream failed
 	ResultFraction float64 `json:"result_fraction"`
 	// Send to answer, of the results and of the error answers apart.
-	Latency      Percentiles `json:"latency_ms"`
-	ErrorLatency Percentiles `json:"error_latency_ms"`
-	AllAnsweredS float64     `json:"all_answered_s"` // from the burst to the last answer
+	Latency       Percentiles `json:"latency_ms"`
+	ErrorLatency  Percentiles `json:"error_latency_ms"`
+	AllAnsweredMS float64     `json:"all_answered_ms"` // from the burst to the last answer
 }
 
 // FairnessFigures are the details of the fairness scenario.
@@ -327,7 +327,7 @@ func burstFigures(rep *Report, n int, samples []sample, connect time.Duration, b
 	b.ResultFraction = round3(float64(b.Results) / float64(n))
 	b.Latency, b.ErrorLatency = percentiles(ok), percentiles(bad)
 	if !last.IsZero() {
-		b.AllAnsweredS = round3(last.Sub(burst).Seconds())
+		b.AllAnsweredMS = round3(millis(last.Sub(burst)))
 	}
 	rep.Burst = b
 	rep.FramesSent, rep.FramesTotal, rep.FramesOK = int64(n), int64(n), b.Results
@@ -342,8 +342,8 @@ func burstFigures(rep *Report, n int, samples []sample, connect time.Duration, b
 	}
 	rep.Goal = &Goal{
 		Scenario: scen,
-		Figure: fmt.Sprintf("%.1f%% answered with results (%d of %d; %s); results p50 %.1f ms, p99 %.1f ms; all answered in %.2f s",
-			100*b.ResultFraction, b.Results, n, codes(rep.Errors, b.Unanswered), b.Latency.P50, b.Latency.P99, b.AllAnsweredS),
+		Figure: fmt.Sprintf("%.1f%% answered with results (%d of %d; %s); results p50 %.1f ms, p99 %.1f ms; all answered in %.0f ms",
+			100*b.ResultFraction, b.Results, n, codes(rep.Errors, b.Unanswered), b.Latency.P50, b.Latency.P99, b.AllAnsweredMS),
 		Value: b.ResultFraction,
 		Goal:  fmt.Sprintf(">= %.0f%% answered with results", 100*burstGoal),
 		Met:   b.ResultFraction >= burstGoal,
