@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench.sh measures the raw ONNX Runtime throughput of a model and then the server
 # under load with the same model, in the same run, and prints a markdown table of
-# frames/s, latency and the ratio server ÷ raw ONNX Runtime. `make bench` runs it.
+# frames/s, latency and the ratio server ÷ raw ONNX Runtime, then the scenarios of
+# issue 9's goals (burst, fairness, idle cost) in a second table. `make bench` runs it.
 #
 # Steps, one at a time (the measurements never overlap, since they share the cores):
 #   1. build infergate, loadgen and ortbench into a temporary folder;
@@ -11,8 +12,12 @@
 #   4. loadgen: ws-binary and ws-text x 1 and 8 clients x 224x224 and 640x480 frames
 #      (depth DEPTH), post with 1 and 8 clients (the original photo), sse with 1
 #      client (224x224, depth DEPTH);
-#   5. the table, on stdout and in OUT/table.md; every run's JSON, ortbench's and the
-#      server's log stay in OUT.
+#   5. the scenarios (SCENARIOS), on a fresh server started with --max-streams raised
+#      to STREAMS + 64 and keys allowing that many connections: idle first (while the
+#      server has not yet grown its heap under load, so that its RSS growth is the
+#      streams'), then burst, burst-post and fairness;
+#   6. the tables, on stdout and in OUT/table.md; every run's JSON, ortbench's and the
+#      servers' logs stay in OUT. A goal missed is information, not a failure.
 #
 # Environment (all optional):
 #   MODEL         model file (default assets/models/mobilenetv2-12-int8.onnx); both
@@ -26,6 +31,11 @@
 #   QUIET_WAIT    before each measurement, wait up to this many seconds for the other
 #                 processes of the machine to use under 0.3 of a core (default 5; 0
 #                 skips); the table shows how much CPU they used anyway
+#   SCENARIOS     goal scenarios to run, in order (default "idle burst burst-post
+#                 fairness"; empty skips them)
+#   STREAMS       streams of the idle and burst scenarios, POSTs of burst-post
+#                 (default 2000); the open-file limit (ulimit -Hn) must allow them
+#   THROUGHPUT    0 skips ortbench and the throughput rows (only the scenarios)
 #   ORT_LIB       ONNX Runtime library (default third_party/onnxruntime/lib/libonnxruntime.so.1.24.1)
 #   OUT           output folder (default out/bench/<UTC time>; out/bench/latest links to it)
 #
@@ -44,6 +54,9 @@ ORT_DURATION=${ORT_DURATION:-5s}
 IMAGE=${IMAGE:-assets/images/dog.jpg}
 SERVER_FLAGS=${SERVER_FLAGS:-}
 QUIET_WAIT=${QUIET_WAIT:-5}
+SCENARIOS=${SCENARIOS-idle burst burst-post fairness}
+STREAMS=${STREAMS:-2000}
+THROUGHPUT=${THROUGHPUT:-1}
 ORT_LIB=${ORT_LIB:-third_party/onnxruntime/lib/libonnxruntime.so.1.24.1}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-out/bench/$stamp}
@@ -56,6 +69,17 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 [ -f "$IMAGE" ] || die "no image at $IMAGE (run make setup, or set IMAGE=...)"
 command -v go >/dev/null || die "go is not on PATH"
 command -v curl >/dev/null || die "curl is not on PATH"
+for s in $SCENARIOS; do
+	case "$s" in idle | burst | burst-post | fairness) ;; *) die "SCENARIOS: unknown scenario $s" ;; esac
+done
+case "$STREAMS" in '' | *[!0-9]*) die "STREAMS=$STREAMS: want a number" ;; esac
+if [ -n "$SCENARIOS" ]; then
+	# The server and loadgen each hold a descriptor per stream: raise the soft limit
+	# to the hard one for both (children inherit it).
+	ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+	[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((STREAMS + 256)) ] ||
+		die "STREAMS=$STREAMS needs an open-file limit of at least $((STREAMS + 256)); it is $(ulimit -n) (hard $(ulimit -Hn))"
+fi
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -138,34 +162,50 @@ db="$tmp/bench.db"
 INFERGATE_API_KEY=$(head -n1 "$tmp/key")
 case "$INFERGATE_API_KEY" in ig_*) ;; *) die "keys create printed no key" ;; esac
 export INFERGATE_API_KEY # loadgen reads it: the key stays out of argument lists
+if [ -n "$SCENARIOS" ]; then
+	# The scenarios' user holds STREAMS streams at once; the fairness scenario's light
+	# client is another user.
+	"$tmp/infergate" keys create --email burst@local --rpm 1000000 --fps 100000 --max-connections $((STREAMS + 64)) \
+		--db "$db" >"$tmp/key-burst" 2>"$tmp/key.err" || die "could not create the scenarios' key: $(cat "$tmp/key.err")"
+	"$tmp/infergate" keys create --email light@local --rpm 1000000 --fps 100000 --max-connections 4 \
+		--db "$db" >"$tmp/key-light" 2>"$tmp/key.err" || die "could not create the light client's key: $(cat "$tmp/key.err")"
+	burst_key=$(head -n1 "$tmp/key-burst")
+	light_key=$(head -n1 "$tmp/key-light")
+fi
 
-say "starting the server (model $MODEL${SERVER_FLAGS:+, $SERVER_FLAGS})"
-# shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
-"$tmp/infergate" serve --db "$db" --addr 127.0.0.1:0 --model "$MODEL" --ort-lib "$ORT_LIB" \
-	--demo-key-file "$tmp/demo-key.txt" $SERVER_FLAGS >"$tmp/server.out" 2>"$OUT/server.log" &
-server_pid=$!
-base=""
-for _ in $(seq 1 600); do
-	if ! kill -0 "$server_pid" 2>/dev/null; then
-		tail -n 20 "$OUT/server.log" >&2
-		die "the server exited during start (log above, and in $OUT/server.log)"
-	fi
-	base=$(grep -o 'listening on http://127\.0\.0\.1:[0-9]*' "$tmp/server.out" | head -n1 | sed 's/^listening on //' || true)
-	[ -n "$base" ] && break
-	sleep 0.1
-done
-[ -n "$base" ] || die "the server did not say where it listens within 60 s (see $OUT/server.log)"
-for _ in $(seq 1 300); do
-	curl -fsS -o /dev/null "$base/readyz" 2>/dev/null && break
-	sleep 0.1
-done
-curl -fsS -o /dev/null "$base/readyz" || die "$base/readyz is not ready within 30 s"
-say "server ready at $base (pid $server_pid)"
+server_log=""
+start_server() { # start_server LOG-NAME EXTRA-FLAGS...: sets server_pid, server_log and base
+	server_log="$OUT/$1"
+	shift
+	say "starting the server (model $MODEL${SERVER_FLAGS:+, $SERVER_FLAGS}${*:+, $*})"
+	# shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
+	"$tmp/infergate" serve --db "$db" --addr 127.0.0.1:0 --model "$MODEL" --ort-lib "$ORT_LIB" \
+		--demo-key-file "$tmp/demo-key.txt" $SERVER_FLAGS "$@" >"$tmp/server.out" 2>"$server_log" &
+	server_pid=$!
+	base=""
+	for _ in $(seq 1 600); do
+		if ! kill -0 "$server_pid" 2>/dev/null; then
+			tail -n 20 "$server_log" >&2
+			die "the server exited during start (log above, and in $server_log)"
+		fi
+		base=$(grep -o 'listening on http://127\.0\.0\.1:[0-9]*' "$tmp/server.out" | head -n1 | sed 's/^listening on //' || true)
+		[ -n "$base" ] && break
+		sleep 0.1
+	done
+	[ -n "$base" ] || die "the server did not say where it listens within 60 s (see $server_log)"
+	for _ in $(seq 1 300); do
+		curl -fsS -o /dev/null "$base/readyz" 2>/dev/null && break
+		sleep 0.1
+	done
+	curl -fsS -o /dev/null "$base/readyz" || die "$base/readyz is not ready within 30 s"
+	say "server ready at $base (pid $server_pid)"
+}
+[ "$THROUGHPUT" = 0 ] || start_server server.log
 
 # 3. Raw ONNX Runtime, with the server idle.
 ort_json="$OUT/ortbench.json"
 ort_note=""
-if [ "$have_ortbench" = 1 ]; then
+if [ "$have_ortbench" = 1 ] && [ "$THROUGHPUT" != 0 ]; then
 	wait_quiet
 	say "ortbench ($ORT_DURATION per configuration; the server is idle)"
 	m0=$(machine_busy)
@@ -212,26 +252,42 @@ run() { # run NAME LOADGEN-FLAGS...
 		[ -s "$file" ] || rm -f "$file"
 	fi
 	kill -0 "$server_pid" 2>/dev/null || {
-		tail -n 20 "$OUT/server.log" >&2
-		die "the server died during run $name (log above, and in $OUT/server.log)"
+		tail -n 20 "$server_log" >&2
+		die "the server died during run $name (log above, and in $server_log)"
 	}
 	sleep 1 # let the log writer and the sockets settle between runs
 }
 
-for mode in ws-binary ws-text; do
-	for size in 224x224 640x480; do
-		for clients in 1 8; do
-			run "$mode-c$clients-$size" --mode "$mode" --clients "$clients" --depth "$DEPTH" --size "$size"
+if [ "$THROUGHPUT" != 0 ]; then
+	for mode in ws-binary ws-text; do
+		for size in 224x224 640x480; do
+			for clients in 1 8; do
+				run "$mode-c$clients-$size" --mode "$mode" --clients "$clients" --depth "$DEPTH" --size "$size"
+			done
 		done
 	done
-done
-run post-c1-orig --mode post --clients 1 --size orig
-run post-c8-orig --mode post --clients 8 --size orig
-run sse-c1-224x224 --mode sse --clients 1 --depth "$DEPTH" --size 224x224
+	run post-c1-orig --mode post --clients 1 --size orig
+	run post-c8-orig --mode post --clients 8 --size orig
+	run sse-c1-224x224 --mode sse --clients 1 --depth "$DEPTH" --size 224x224
+	stop_server
+fi
 
-stop_server
+# 5. The goal scenarios, on a fresh server: its RSS has not grown under load yet.
+if [ -n "$SCENARIOS" ]; then
+	start_server server-scenarios.log --max-streams $((STREAMS + 64))
+	export INFERGATE_API_KEY=$burst_key INFERGATE_LIGHT_KEY=$light_key
+	for s in $SCENARIOS; do
+		case "$s" in
+		idle) run idle --mode idle --streams "$STREAMS" ;;
+		burst) run burst --mode burst --streams "$STREAMS" --size 224x224 ;;
+		burst-post) run burst-post --mode burst-post --streams "$STREAMS" --size 224x224 ;;
+		fairness) run fairness --mode fairness --greedy 8 --depth "$DEPTH" --interval 200ms --size 224x224 ;;
+		esac
+	done
+	stop_server
+fi
 
-# 5. The table.
+# 6. The tables.
 runs=("$OUT"/[0-9]*.json)
 [ -e "${runs[0]}" ] || die "no load run produced a report"
 ort_flag=()
@@ -247,8 +303,14 @@ ort_flag=()
 	printf '\nframes/s: successful answers per second in the window; latency: send to answer, per frame.\n'
 	printf 'Ratios: frames/s ÷ raw ONNX Runtime images/s of ortbench (best setup; best at batch 1).\n'
 	printf 'CPU in cores during the window: the server, loadgen, and every other process of the machine.\n'
-	errors=$(grep -c 'level=ERROR' "$OUT/server.log" || true)
-	printf '\nServer log: %s ERROR lines (%s).\n' "$errors" "$OUT/server.log"
+	if [ -n "$SCENARIOS" ]; then
+		printf 'Goal scenarios: on a fresh server with --max-streams %s (after SERVER_FLAGS); one user holding\n' $((STREAMS + 64))
+		printf 'the streams (and the greedy clients), the light client another user; frames of 224x224.\n'
+	fi
+	for log in "$OUT"/server*.log; do
+		errors=$(grep -c 'level=ERROR' "$log" || true)
+		printf '\nServer log: %s ERROR lines (%s).\n' "$errors" "$log"
+	done
 } >"$OUT/table.md" || fail "could not write the table"
 cat "$OUT/table.md"
 ln -sfn "$(basename "$OUT")" "$(dirname "$OUT")/latest" 2>/dev/null || true

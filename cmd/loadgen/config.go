@@ -18,7 +18,22 @@ const (
 	modeWSText   = "ws-text"
 	modePost     = "post"
 	modeSSE      = "sse"
+	// Scenarios of issue 9's goals (scenario.go): each prints one figure with its goal.
+	modeBurst     = "burst"
+	modeBurstPost = "burst-post"
+	modeFairness  = "fairness"
+	modeIdle      = "idle"
 )
+
+// isScenario reports whether mode is one of the goal scenarios rather than a
+// throughput run.
+func isScenario(mode string) bool {
+	switch mode {
+	case modeBurst, modeBurstPost, modeFairness, modeIdle:
+		return true
+	}
+	return false
+}
 
 // config is what one run is told by its flags.
 type config struct {
@@ -36,6 +51,13 @@ type config struct {
 	postPath  string
 	serverPID int
 	remote    bool
+
+	// Scenarios only.
+	streams  int           // burst, burst-post, idle: streams (or requests) at once
+	dialers  int           // connections being opened at once
+	greedy   int           // fairness: greedy stream clients, each --depth frames in flight
+	interval time.Duration // fairness: the light client's period
+	lightKey string        // fairness: the light client's key ("" = --key)
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -44,7 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	rawURL := fs.String("url", "http://127.0.0.1:8080", "server base URL")
 	fs.StringVar(&c.key, "key", "", "API key (ig_...); also read from INFERGATE_API_KEY")
-	fs.StringVar(&c.mode, "mode", modeWSBinary, "ws-binary, ws-text, post or sse")
+	fs.StringVar(&c.mode, "mode", modeWSBinary, "ws-binary, ws-text, post, sse; scenarios: burst, burst-post, fairness, idle")
 	fs.IntVar(&c.clients, "clients", 1, "concurrent clients, each with its own connection or session")
 	fs.IntVar(&c.depth, "depth", 4, "frames a stream client keeps unanswered (at most the server's max_in_flight); post uses 1")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "measured window")
@@ -55,6 +77,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Int64Var(&c.maxFrames, "max-frames", 1_000_000, "stop sending after this many frames in all (bounds memory and time)")
 	fs.StringVar(&c.postPath, "post-path", "/v1/classify", "route of post mode (/v2/classify also reports server times)")
 	fs.IntVar(&c.serverPID, "server-pid", 0, "if set, report the CPU this local process used in the measured window (Linux /proc)")
+	fs.IntVar(&c.streams, "streams", 2000, "burst, burst-post, idle: streams opened (or POSTs sent) at once")
+	fs.IntVar(&c.dialers, "dial-concurrency", 32, "burst, burst-post, idle: connections being opened at once, so the server's accept queue is not overrun")
+	fs.IntVar(&c.greedy, "greedy", 8, "fairness: greedy stream clients beside the light one, each keeping --depth frames in flight")
+	fs.DurationVar(&c.interval, "interval", 200*time.Millisecond, "fairness: the light client sends one frame per interval")
+	fs.StringVar(&c.lightKey, "light-key", "", "fairness: the light client's key (another user); also read from INFERGATE_LIGHT_KEY; default --key")
 	fs.BoolVar(&c.remote, "allow-remote", false, "allow a URL that is not a loopback address (only for servers you run)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: loadgen --url URL --key KEY --mode MODE [flags]\n       loadgen report --ort ORT.json RUN.json...\n\n")
@@ -69,6 +96,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.key == "" {
 		c.key = os.Getenv("INFERGATE_API_KEY")
 	}
+	if c.lightKey == "" {
+		c.lightKey = os.Getenv("INFERGATE_LIGHT_KEY")
+	}
 	u, err := url.Parse(strings.TrimRight(*rawURL, "/"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("--url %q: want http://host:port", *rawURL)
@@ -82,11 +112,26 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		errs = append(errs, errors.New("--key is required (or INFERGATE_API_KEY)"))
 	}
 	switch c.mode {
-	case modeWSBinary, modeWSText, modeSSE:
-	case modePost:
+	case modeWSBinary, modeWSText, modeSSE, modeFairness:
+	case modePost, modeBurst, modeBurstPost, modeIdle:
 		c.depth = 1
 	default:
-		errs = append(errs, fmt.Errorf("--mode %q: want ws-binary, ws-text, post or sse", c.mode))
+		errs = append(errs, fmt.Errorf("--mode %q: want ws-binary, ws-text, post, sse, burst, burst-post, fairness or idle", c.mode))
+	}
+	if c.mode == modeIdle && c.serverPID <= 0 {
+		errs = append(errs, errors.New("--mode idle needs --server-pid (it reads the server's VmRSS)"))
+	}
+	if c.streams < 1 || c.streams > 100_000 {
+		errs = append(errs, fmt.Errorf("--streams %d: want 1 to 100000", c.streams))
+	}
+	if c.dialers < 1 || c.dialers > 1024 {
+		errs = append(errs, fmt.Errorf("--dial-concurrency %d: want 1 to 1024", c.dialers))
+	}
+	if c.greedy < 0 || c.greedy > 1024 {
+		errs = append(errs, fmt.Errorf("--greedy %d: want 0 to 1024", c.greedy))
+	}
+	if c.interval <= 0 {
+		errs = append(errs, errors.New("--interval must be positive"))
 	}
 	if c.clients < 1 || c.clients > 1024 {
 		errs = append(errs, fmt.Errorf("--clients %d: want 1 to 1024", c.clients))

@@ -15,6 +15,24 @@
 //	sse        each client opens an SSE session (POST /v1/sessions), reads its event
 //	           stream, and posts raw frames with X-Session-Token
 //
+// Scenarios (the goals of issue 9; each report has a "goal" object: figure, goal, met):
+//
+//	burst       open --streams streams (default 2000), wait until every one is ready,
+//	            then each sends ONE frame at the same moment; the figure is the
+//	            fraction answered with results, with p50/p99 and time to answer all
+//	burst-post  the same with --streams POSTs, each on its own open connection
+//	fairness    --greedy stream clients (default 8) with --depth frames in flight
+//	            each, beside one light client sending a frame per --interval (200ms);
+//	            the light client alone first (its idle baseline), then under the load;
+//	            the figure is its p90 under load
+//	idle        open --streams idle streams, wait until ready, and read the VmRSS of
+//	            --server-pid before and after: the figure is KB per stream
+//
+// They raise this process's open-file limit as far as allowed, open connections
+// --dial-concurrency at a time, and fail clearly if a connection cannot be opened.
+// Missing a goal is not a failure: the exit status is 1 only when the scenario could
+// not be run as described.
+//
 // A stream client keeps up to --depth frames unanswered (pipelining), which must not
 // exceed max_in_flight of the stream's limits; post clients have depth 1.
 //
@@ -57,7 +75,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rep, err := loadTest(ctx, cfg, img)
+	run := loadTest
+	if isScenario(cfg.mode) {
+		run = scenario
+	}
+	rep, err := run(ctx, cfg, img)
 	if err != nil {
 		return err
 	}

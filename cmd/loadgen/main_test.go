@@ -46,16 +46,33 @@ func testImage(t *testing.T) string {
 }
 
 // fakeServer answers streams, sessions and classify requests the way infergate does,
-// with a fixed result; misorder makes stream answers 2 and 3 swap places.
+// with a fixed result; misorder makes stream answers 2 and 3 swap places, overload
+// answers every second frame or request (counted over all) with overloaded, and
+// maxStreams (if not 0) refuses streams past that many with 503.
 type fakeServer struct {
-	misorder bool
-	mu       sync.Mutex // guards frames
-	frames   int
+	misorder   bool
+	overload   bool
+	maxStreams int
+	mu         sync.Mutex // guards frames and streams
+	frames     int
+	streams    int
+}
+
+// frame counts a frame and reports whether it is to be answered with overloaded.
+func (f *fakeServer) frame() (overloaded bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frames++
+	return f.overload && f.frames%2 == 0
 }
 
 const fakeResult = `"model":"fake","predictions":[{"label":"tabby","index":281,"confidence":0.9}],"inference_ms":1.5,"latency_ms":2.5`
 
 func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/healthz" {
+		fmt.Fprint(w, `{"status":"ok"}`)
+		return
+	}
 	if r.Header.Get("Authorization") != "Bearer "+testKey {
 		w.WriteHeader(http.StatusUnauthorized)
 		fmt.Fprint(w, `{"error":{"code":"unauthorized","message":"no"}}`)
@@ -65,9 +82,11 @@ func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/stream":
 		f.stream(w, r)
 	case "/v1/classify":
-		f.mu.Lock()
-		f.frames++
-		f.mu.Unlock()
+		if f.frame() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `{"error":{"code":"overloaded","message":"busy"}}`)
+			return
+		}
 		fmt.Fprint(w, `{"model":"fake","predictions":[{"label":"tabby","index":281,"confidence":0.9}]}`)
 	default:
 		http.NotFound(w, r)
@@ -75,6 +94,15 @@ func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *fakeServer) stream(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.streams++
+	refuse := f.maxStreams > 0 && f.streams > f.maxStreams
+	f.mu.Unlock()
+	if refuse {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `{"error":{"code":"overloaded","message":"too many streams"}}`)
+		return
+	}
 	conn, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return
@@ -101,9 +129,9 @@ func (f *fakeServer) stream(w http.ResponseWriter, r *http.Request) {
 			id = `"id":` + string(m.ID) + `,`
 		}
 		msg := []byte(fmt.Sprintf(`{"type":"result",%s"seq":%d,%s}`, id, seq, fakeResult))
-		f.mu.Lock()
-		f.frames++
-		f.mu.Unlock()
+		if f.frame() {
+			msg = []byte(fmt.Sprintf(`{"type":"error",%s"seq":%d,"code":"overloaded","message":"busy"}`, id, seq))
+		}
 		switch {
 		case f.misorder && seq == 2:
 			held = msg
@@ -213,6 +241,9 @@ func TestFlags(t *testing.T) { // not parallel: it sets the environment
 		{"bad mode", []string{"--key", testKey, "--mode", "grpc"}},
 		{"zero clients", []string{"--key", testKey, "--clients", "0"}},
 		{"bad size", []string{"--key", testKey, "--size", "big"}},
+		{"idle without server pid", []string{"--key", testKey, "--mode", "idle"}},
+		{"zero streams", []string{"--key", testKey, "--mode", "burst", "--streams", "0"}},
+		{"zero interval", []string{"--key", testKey, "--mode", "fairness", "--interval", "0s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

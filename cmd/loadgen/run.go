@@ -103,6 +103,13 @@ func (r *runState) streamLimits(maxInFlight int) error {
 // reports. Failures of the run go in the report; an error is returned only when no
 // run took place at all.
 func loadTest(ctx context.Context, cfg *config, img *payload) (*Report, error) {
+	return loadTestBeside(ctx, cfg, img, nil)
+}
+
+// loadTestBeside is loadTest, running beside (if not nil) alongside the clients once
+// they are connected: it is told the measured window and must return by the
+// deadline (window end + drain), when its ctx ends.
+func loadTestBeside(ctx context.Context, cfg *config, img *payload, beside func(ctx context.Context, t0, t1 time.Time)) (*Report, error) {
 	r := &runState{cfg: cfg, img: img}
 	if cfg.mode == modeWSText {
 		r.b64 = base64.StdEncoding.EncodeToString(img.data)
@@ -141,6 +148,9 @@ func loadTest(ctx context.Context, cfg *config, img *payload) (*Report, error) {
 	var wg sync.WaitGroup
 	for _, c := range clients {
 		wg.Go(func() { c.run(runCtx, r) })
+	}
+	if beside != nil {
+		wg.Go(func() { beside(runCtx, r.t0, r.t1) })
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {

@@ -53,6 +53,12 @@ type Report struct {
 	// means something else competed for the CPU and the figures are disturbed.
 	MachineCPU *float64 `json:"machine_cpu_cores,omitempty"`
 
+	// Scenarios only (scenario.go): the figure against its goal, and the details.
+	Goal     *Goal            `json:"goal,omitempty"`
+	Burst    *BurstFigures    `json:"burst,omitempty"`
+	Fairness *FairnessFigures `json:"fairness,omitempty"`
+	Idle     *IdleFigures     `json:"idle,omitempty"`
+
 	Failures []string `json:"failures,omitempty"`
 }
 

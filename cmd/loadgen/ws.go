@@ -89,28 +89,9 @@ type wsClient struct {
 // dialWS opens a stream with the key on the upgrade request and reads its ready
 // message.
 func dialWS(ctx context.Context, cfg *config, r *runState, id int) (*wsClient, error) {
-	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
-	defer cancel()
-	conn, resp, err := websocket.Dial(ctx, cfg.wsURL(), &websocket.DialOptions{
-		HTTPHeader:      http.Header{"Authorization": {"Bearer " + cfg.key}},
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	conn, ready, err := openStream(ctx, cfg, cfg.key)
 	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, fmt.Errorf("upgrade refused: %s", httpError(resp))
-		}
-		return nil, fmt.Errorf("dial %s: %w", cfg.wsURL(), err)
-	}
-	conn.SetReadLimit(answerReadLimit)
-	typ, data, err := conn.Read(ctx)
-	if err != nil {
-		conn.CloseNow()
-		return nil, fmt.Errorf("read ready: %w", err)
-	}
-	var ready readyMessage
-	if typ != websocket.MessageText || json.Unmarshal(data, &ready) != nil || ready.Type != "ready" {
-		conn.CloseNow()
-		return nil, fmt.Errorf("first message is not ready: %.200q", data)
+		return nil, err
 	}
 	if err := r.streamLimits(ready.Limits.MaxInFlight); err != nil {
 		conn.CloseNow()
@@ -121,6 +102,35 @@ func dialWS(ctx context.Context, cfg *config, r *runState, id int) (*wsClient, e
 		slots: make(chan struct{}, cfg.depth),
 		queue: make(chan inflight, cfg.depth),
 	}, nil
+}
+
+// openStream opens a stream with key on the upgrade request and reads its ready
+// message, within connectTimeout.
+func openStream(ctx context.Context, cfg *config, key string) (*websocket.Conn, *readyMessage, error) {
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	conn, resp, err := websocket.Dial(ctx, cfg.wsURL(), &websocket.DialOptions{
+		HTTPHeader:      http.Header{"Authorization": {"Bearer " + key}},
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, nil, fmt.Errorf("upgrade refused: %s", httpError(resp))
+		}
+		return nil, nil, fmt.Errorf("dial %s: %w", cfg.wsURL(), err)
+	}
+	conn.SetReadLimit(answerReadLimit)
+	typ, data, err := conn.Read(ctx)
+	if err != nil {
+		conn.CloseNow()
+		return nil, nil, fmt.Errorf("read ready: %w", err)
+	}
+	var ready readyMessage
+	if typ != websocket.MessageText || json.Unmarshal(data, &ready) != nil || ready.Type != "ready" {
+		conn.CloseNow()
+		return nil, nil, fmt.Errorf("first message is not ready: %.200q", data)
+	}
+	return conn, &ready, nil
 }
 
 func (c *wsClient) run(ctx context.Context, r *runState) {
