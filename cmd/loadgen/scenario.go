@@ -139,10 +139,30 @@ func openStreams(ctx context.Context, cfg *config, n int, opened func(i int, c *
 	if err := raiseFileLimit(n); err != nil {
 		return nil, err
 	}
-	dialCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	conns := make([]*websocket.Conn, n)
-	sem := make(chan struct{}, cfg.dialers)
+	first := openEach(ctx, n, cfg.dialers, "streams", func(ctx context.Context, i int) error {
+		c, _, err := openStream(ctx, cfg, cfg.key)
+		if err != nil {
+			return fmt.Errorf("open stream %d of %d: %w", i+1, n, err)
+		}
+		conns[i] = c
+		opened(i, c)
+		return nil
+	})
+	if first != nil {
+		closeStreams(conns)
+		return nil, first
+	}
+	return conns, nil
+}
+
+// openEach runs open(ctx, i) for i in [0, n), at most parallel at a time, and
+// returns the first error, after which it starts no more and cancels the ctx of the
+// ones running; what the interruption of ctx stopped is reported as what.
+func openEach(ctx context.Context, n, parallel int, what string, open func(ctx context.Context, i int) error) error {
+	openCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, parallel)
 	var (
 		wg    sync.WaitGroup
 		once  sync.Once
@@ -151,34 +171,26 @@ func openStreams(ctx context.Context, cfg *config, n int, opened func(i int, c *
 	for i := range n {
 		select {
 		case sem <- struct{}{}:
-		case <-dialCtx.Done():
+		case <-openCtx.Done():
 		}
-		if dialCtx.Err() != nil {
+		if openCtx.Err() != nil {
 			break
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			c, _, err := openStream(dialCtx, cfg, cfg.key)
-			if err != nil {
+			if err := open(openCtx, i); err != nil {
 				once.Do(func() {
-					first = fmt.Errorf("open stream %d of %d: %w", i+1, n, err)
+					first = err
 					cancel()
 				})
-				return
 			}
-			conns[i] = c
-			opened(i, c)
 		})
 	}
 	wg.Wait()
 	if first == nil && ctx.Err() != nil {
-		first = fmt.Errorf("interrupted opening streams: %w", ctx.Err())
+		first = fmt.Errorf("interrupted opening %s: %w", what, ctx.Err())
 	}
-	if first != nil {
-		closeStreams(conns)
-		return nil, first
-	}
-	return conns, nil
+	return first
 }
 
 // closeStreams closes every stream politely (bounded in time), all at once.
@@ -389,36 +401,12 @@ func burstPosts(ctx context.Context, cfg *config, img *payload, rep *Report) err
 
 	// Open every connection with a GET /healthz, cfg.dialers at a time.
 	begin := time.Now()
-	dialCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sem := make(chan struct{}, cfg.dialers)
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-	)
-	for i := range n {
-		select {
-		case sem <- struct{}{}:
-		case <-dialCtx.Done():
+	first := openEach(ctx, n, cfg.dialers, "connections", func(ctx context.Context, i int) error {
+		if err := warm(ctx, clients[i], cfg.url.String()+"/healthz"); err != nil {
+			return fmt.Errorf("open connection %d of %d: %w", i+1, n, err)
 		}
-		if dialCtx.Err() != nil {
-			break
-		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if err := warm(dialCtx, clients[i], cfg.url.String()+"/healthz"); err != nil {
-				once.Do(func() {
-					first = fmt.Errorf("open connection %d of %d: %w", i+1, n, err)
-					cancel()
-				})
-			}
-		})
-	}
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		first = fmt.Errorf("interrupted opening connections: %w", ctx.Err())
-	}
+		return nil
+	})
 	if first != nil {
 		return first
 	}
@@ -426,6 +414,7 @@ func burstPosts(ctx context.Context, cfg *config, img *payload, rep *Report) err
 
 	reqCtx, stop := context.WithTimeout(ctx, cfg.drain)
 	defer stop()
+	var wg sync.WaitGroup
 	answers := make([]*sample, n)
 	errs := make([]string, n)
 	start := make(chan struct{})
