@@ -267,7 +267,8 @@ func TestEndToEnd(t *testing.T) {
 	start := time.Now()
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	if _, _, err := c2.Read(ctx); websocket.CloseStatus(err) != websocket.StatusGoingAway {
-		t.Fatalf("stream at shutdown: %v", err)
+		s.cmd.Wait()
+		t.Fatalf("stream at shutdown: %v\n%s", err, s.stderr)
 	}
 	if err := s.cmd.Wait(); err != nil {
 		t.Fatalf("exit: %v\n%s", err, s.stderr)
