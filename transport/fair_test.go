@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/infergate/infergate/internal/testenv"
 	"github.com/infergate/infergate/storage"
@@ -96,6 +97,10 @@ func TestBurstAnswered(t *testing.T) {
 		}
 	}
 	cls := realModel(t)
+	// How many jobs the bound admits at the measured speed (2 workers). On an idle
+	// machine that is far more than this burst; under -race on a busy one it can
+	// be fewer, and then refusals beyond it are the bound working, not a failure.
+	capacity := int(2 * time.Second / (cls.ImageTime() / 2))
 
 	// 10 users x 10 requests: more than the 64 images the count-bounded queue
 	// held (and under --max-bodies, 128).
@@ -122,8 +127,11 @@ func TestBurstAnswered(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	t.Logf("answers by status %v; %v per image", codes, cls.ImageTime())
-	if codes[http.StatusOK] != users*each {
-		t.Errorf("a burst of %d requests: answered by status %v, want all 200", users*each, codes)
+	t.Logf("answers by status %v; %v per image; about %d within the bound", codes, cls.ImageTime(), capacity)
+	// The count-bounded queue answered 66 (64 waiting, 2 running) whatever the speed.
+	// Allow a fifth for the estimate moving during the burst.
+	want := min(users*each, capacity*4/5)
+	if codes[http.StatusOK] < want {
+		t.Errorf("a burst of %d requests: answered by status %v, want at least %d answered (all, or what the bound admits)", users*each, codes, want)
 	}
 }
