@@ -239,7 +239,10 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.P
 func (s *Server) runStream(conn *websocket.Conn, st *session.Stream, reqID string, topK int) websocket.StatusCode {
 	lim := s.registry.Limits()
 	ready, _ := json.Marshal(s.readyMessage(st))
-	wctx, cancel := context.WithTimeout(st.Context(), lim.WriteTimeout)
+	// Not the stream's context: a write's context can close the connection when
+	// it ends (coder/websocket arms a hook on it), and the stream's ends at
+	// shutdown or revocation, when the close with its code is still to be sent.
+	wctx, cancel := context.WithTimeout(context.Background(), lim.WriteTimeout)
 	err := conn.Write(wctx, websocket.MessageText, ready)
 	cancel()
 	if err != nil {
