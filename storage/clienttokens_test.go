@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/infergate/infergate/internal/testenv"
 )
 
 var tokenEpoch = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
@@ -213,18 +213,7 @@ func TestClientTokenOnlyHashStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	secret := tok[len(ClientTokenPrefix):]
-	files, err := filepath.Glob(db.Path() + "*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var all []byte
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, data...)
-	}
+	all := testenv.DatabaseBytes(t, db.Path())
 	if bytes.Contains(all, []byte(secret)) {
 		t.Fatal("the database files hold the client token")
 	}

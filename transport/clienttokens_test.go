@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +12,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/infergate/infergate/storage"
+
+	"github.com/infergate/infergate/internal/testenv"
 )
 
 type mintedToken struct {
@@ -362,18 +362,7 @@ func TestClientTokenOnlyHashStored(t *testing.T) {
 	used := e.mint(t, e.key, `{"session": {"top_k": 3}}`).Token
 	unused := e.mint(t, e.key, "").Token
 	e.stream(t, used)
-	files, err := filepath.Glob(e.dbPath + "*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var all []byte
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, b...)
-	}
+	all := testenv.DatabaseBytes(t, e.dbPath)
 	for _, tok := range []string{used, unused} {
 		if bytes.Contains(all, []byte(tok[3:])) {
 			t.Fatal("the database files hold a client token")

@@ -245,11 +245,8 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// The database holds no key in plain text.
-	for _, f := range []string{s.db, s.db + "-wal"} {
-		b, _ := os.ReadFile(f)
-		if bytes.Contains(b, []byte(s.key)) || bytes.Contains(b, []byte(key)) {
-			t.Fatalf("%s holds an API key in plain text", f)
-		}
+	if b := testenv.DatabaseBytes(t, s.db); bytes.Contains(b, []byte(s.key)) || bytes.Contains(b, []byte(key)) {
+		t.Fatalf("the files of %s hold an API key in plain text", s.db)
 	}
 
 	// SIGTERM: a stream open at that moment is closed with 1001, the process exits 0

@@ -99,3 +99,23 @@ func writeChunk(b *bytes.Buffer, typ string, data []byte) {
 	b.Write(data)
 	binary.Write(b, binary.BigEndian, crc.Sum32())
 }
+
+// DatabaseBytes returns the bytes of the SQLite database at path and of its
+// companion files (-wal, -shm, -journal) end to end, for tests that check what is
+// and is not stored at rest.
+func DatabaseBytes(t testing.TB, path string) []byte {
+	t.Helper()
+	files, err := filepath.Glob(path + "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []byte
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, data...)
+	}
+	return all
+}
