@@ -166,6 +166,10 @@ func TestStreamLatest(t *testing.T) {
 	if rows != 2 {
 		t.Fatalf("%d log rows, want 2: skipped frames are counted, not logged", rows)
 	}
+	_, body := e.do(t, "GET", "/metrics", "", "", nil)
+	if want := `infergate_stream_frames_total{outcome="skipped",transport="ws"} 4`; !strings.Contains(string(body), want) {
+		t.Errorf("metrics lack %q", want)
+	}
 }
 
 // TestStreamResume: a WebSocket that drops without a close is resumed, by key or by
