@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -262,7 +263,9 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamA
 	}
 	conn.SetReadLimit(lim.MaxMessageBytes)
 	go c.write(cursor, replayed)
-	c.pinger = time.AfterFunc(lim.PingInterval, c.ping)
+	// Set before it can fire: ping resets it.
+	c.pinger = time.AfterFunc(time.Duration(math.MaxInt64), c.ping)
+	c.pinger.Reset(lim.PingInterval)
 	// The read loop runs on a goroutine of its own, and this one (net/http's, whose
 	// stack grew through the upgrade and the authentication) returns: an idle
 	// stream then holds two small stacks, not a deep one.
