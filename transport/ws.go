@@ -293,12 +293,15 @@ func (s *Server) resume(auth streamAuth, addr netip.Prefix) (*session.Stream, se
 	}
 	st, ok := s.registry.Get(rq.SessionID)
 	if !ok || st.Transport != storage.TransportWS || !tokenMatches(st, auth.resumeToken) {
+		// Unknown, ended, or a wrong token: the same answer, so ids cannot be probed.
 		s.authFailed(addr)
-		return nil, 0, errorf(CodeUnauthorized, "resume failed: unknown session or wrong resume token; open a new stream")
+		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s", string(session.ResumeNotFound))
 	}
 	st, c, err := s.registry.Resume(rq.SessionID, 0, last)
 	if err != nil {
-		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s; open a new stream", err.(session.ResumeError))
+		var re session.ResumeError
+		errors.As(err, &re)
+		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s", string(re))
 	}
 	return st, c, nil
 }
@@ -321,7 +324,7 @@ func (c *wsConn) read() {
 		if !taking {
 			continue // the stream has ended; read on until its close is done
 		}
-		if e := c.handle(typ, data); errors.Is(e, session.ErrClosed) {
+		if e := c.handle(typ, data); errors.Is(e, session.ErrClosed) || errors.Is(e, session.ErrReplaced) {
 			taking = false
 		}
 	}
@@ -348,7 +351,7 @@ func (c *wsConn) read() {
 func (c *wsConn) handle(typ websocket.MessageType, data []byte) error {
 	st, now := c.st, c.s.now()
 	if typ == websocket.MessageBinary {
-		f := session.Frame{Image: data, Start: now, RequestID: c.reqID}
+		f := session.Frame{Image: data, Start: now, RequestID: c.reqID, Owner: c.gen}
 		if len(data) == 0 {
 			f.Err = errorf(CodeInvalidImage, "empty binary message")
 		}
@@ -356,14 +359,16 @@ func (c *wsConn) handle(typ websocket.MessageType, data []byte) error {
 		return err
 	}
 	f, kind, upd := parseMessage(data, now, false)
-	f.RequestID = c.reqID
+	f.RequestID, f.Owner = c.reqID, c.gen
 	switch kind {
 	case msgPing:
-		return st.Ping(context.Background())
+		return st.Ping(context.Background(), c.gen)
 	case msgUpdate:
 		// Refused or not, the update is answered in its place in the order.
-		_, err := st.Update(context.Background(), updateOf(upd, st.MaxFPS()))
-		if errors.Is(err, session.ErrClosed) {
+		u := updateOf(upd, st.MaxFPS())
+		u.Owner = c.gen
+		_, err := st.Update(context.Background(), u)
+		if errors.Is(err, session.ErrClosed) || errors.Is(err, session.ErrReplaced) {
 			return err
 		}
 		return nil
