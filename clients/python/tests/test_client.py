@@ -705,6 +705,17 @@ class TestCLI(LiveTest):
         out = self.lines(self.cli("stream", "--fps", "1.5", *[str(PHOTOS[0])] * 3, key=self.server.keys["fps2"]))
         self.assertTrue(all("predictions" in o for o in out), out)
 
+    def test_stream_latest_mode(self) -> None:
+        out = self.lines(self.cli("stream", "--transport", "ws", "--mode", "latest", "--top-k", "2",
+                                  *[str(PHOTOS[0])] * 8, key=self.server.keys["fps2"]))
+        self.assertEqual(len(out), 8)
+        self.assertFalse([o for o in out if "error" in o], out)
+        skipped = [o for o in out if o.get("skipped")]
+        self.assertTrue(skipped, out)
+        for o in skipped:
+            self.assertGreater(o["superseded_by"], o["seq"])
+        self.assertEqual(len(out[-1]["predictions"]), 2)
+
     def test_image_error_exit_code(self) -> None:
         r = self.cli("classify", str(PHOTOS[0]), str(REPO / "go.mod"))
         self.assertEqual(r.returncode, 1)
@@ -840,14 +851,14 @@ class TestSessionUpdate(LiveTest):
     def test_round_trip(self) -> None:
         for transport in ("ws", "sse"):
             with self.subTest(transport=transport):
-                with self.client().stream([PHOTOS[0]] * 12, transport=transport) as s:
+                with self.client().stream([PHOTOS[0]] * 20, transport=transport) as s:
                     items = [next(s)]
                     self.assertEqual(s.session, {"mode": "ordered", "top_k": 5, "fps": 1000})
                     self.assertEqual(s.update(top_k=2, fps=500), {"mode": "ordered", "top_k": 2, "fps": 500})
                     self.assertEqual(s.session["top_k"], 2)
                     self.assertEqual(s.limits["frames"], 500)
                     items.extend(s)
-                self.assertEqual([i["id"] for i in items], list(range(12)))
+                self.assertEqual([i["id"] for i in items], list(range(20)))
                 counts = [len(i["predictions"]) for i in items]
                 # Frames sent before the update keep top_k 5, the ones after get 2.
                 self.assertEqual(counts, sorted(counts, reverse=True), counts)
