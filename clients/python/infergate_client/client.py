@@ -1184,7 +1184,12 @@ class _WSAdapter(_Adapter):
     def _take_ready(self, ready: Dict[str, Any]) -> None:
         super()._take_ready(ready)
         if isinstance(ready.get("resume"), dict):
+            # The resume token comes once, in the first ready, and stays good: a
+            # resumed ready leaves it out.
+            token = self.resume_info.get("token")
             self.resume_info = dict(ready["resume"])
+            if token and not self.resume_info.get("token"):
+                self.resume_info["token"] = token
 
     async def _connect(self, resume: Optional[Tuple[str, int]] = None) -> Tuple[Any, Dict[str, Any]]:
         """Open a connection and read its ready message: a new stream, or, with

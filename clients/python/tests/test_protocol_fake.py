@@ -131,7 +131,9 @@ class FakeServer:
         ready.update(session_id=st.id, session=dict(st.settings),
                      limits={"frames": st.settings["fps"], "window_ms": 1000, "max_in_flight": 4,
                              "max_message_bytes": 1 << 20},
-                     resume={"session_id": st.id, "window_ms": 5000, "token": st.resume_token})
+                     resume={"session_id": st.id, "window_ms": 5000})
+        if not ready.get("resumed"):
+            ready["resume"]["token"] = st.resume_token  # given once, in the first ready
         await ws.send(json.dumps(ready))
         for a in replay:
             await ws.send(json.dumps(a))
