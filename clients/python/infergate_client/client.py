@@ -713,7 +713,10 @@ class _Engine:
         self.unresolved = 0  # taken, not yet final
         self.outstanding = 0  # sent, not yet answered
         self.inflight: Dict[int, _Job] = {}
-        self.by_seq: Dict[int, int] = {}
+        self.by_seq: Dict[int, int] = {}  # seq -> index, of the frames in flight
+        # seq -> index of every frame numbered and not yet yielded, for the
+        # superseded_by_id of Skipped items.
+        self.seq_index: Dict[int, int] = {}
         self.retry_heap: List[Tuple[int, int, _Job]] = []
         self.results: Dict[int, Dict[str, Any]] = {}
         self.fatal: Optional[BaseException] = None
@@ -771,6 +774,8 @@ class _Engine:
             del self.by_seq[job.seq]
         job.seq = seq
         self.by_seq[seq] = job.index
+        self.seq_index[seq] = job.index
+        self._wake_yield.set()  # a Skipped item may wait for this seq
 
     def settings_changed(self) -> None:
         """The mode or the fps in force changed: the sender's bounds may have too."""
@@ -794,11 +799,12 @@ class _Engine:
     def answer(self, msg: Dict[str, Any]) -> None:
         """A result, error or skipped message for a frame (WebSocket/SSE message format)."""
         idx = msg.get("id")
-        if not (isinstance(idx, int) and not isinstance(idx, bool) and idx in self.inflight):
+        if not (isinstance(idx, int) and not isinstance(idx, bool)):
+            # No id of ours (the server could not read the frame's): by seq.
             idx = self.by_seq.get(msg.get("seq"))  # type: ignore[arg-type]
         job = self.inflight.pop(idx, None) if idx is not None else None
         if job is None:
-            return  # not ours (or a duplicate): nothing waits for it
+            return  # a duplicate, or not ours: nothing waits for it
         if job.seq is not None:
             self.by_seq.pop(job.seq, None)
         self.outstanding -= 1
@@ -810,7 +816,7 @@ class _Engine:
             skipped["skipped"] = True
             by = msg.get("superseded_by")
             skipped["superseded_by"] = by
-            skipped["superseded_by_id"] = self.by_seq.get(by) if isinstance(by, int) else None
+            skipped["superseded_by_id"] = self.seq_index.get(by) if isinstance(by, int) else None
             for k, v in msg.items():
                 if k not in ("type", "id", "seq", "superseded_by"):
                     skipped[k] = v
@@ -939,13 +945,34 @@ class _Engine:
         except Exception as e:  # an input iterator's own error, or a bug: surface it
             self.fail(e)
 
+    async def _superseder(self, item: Dict[str, Any]) -> None:
+        """Fill in a Skipped item's superseded_by_id. Over SSE the newer frame's seq
+        is known when its POST is answered, which may come after the skipped event:
+        wait for it a little (it is on its way)."""
+        by = item.get("superseded_by")
+        if item.get("superseded_by_id") is not None or not isinstance(by, int):
+            return
+        deadline = time.monotonic() + 5.0
+        while by not in self.seq_index and self.fatal is None and time.monotonic() < deadline:
+            self._wake_yield.clear()
+            try:
+                await asyncio.wait_for(self._wake_yield.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        item["superseded_by_id"] = self.seq_index.get(by)
+
     async def run(self, images: Any) -> AsyncIterator[Dict[str, Any]]:
         self._sender = asyncio.create_task(self._send_loop(images))
         while True:
             while self.next_yield in self.results:
-                item = self.results.pop(self.next_yield)
+                item = self.results[self.next_yield]
+                if isinstance(item, Skipped):
+                    await self._superseder(item)
+                del self.results[self.next_yield]
                 self.next_yield += 1
                 self._wake_sender.set()
+                if len(self.seq_index) > 2 * self.max_in_flight:
+                    self.seq_index = {s: i for s, i in self.seq_index.items() if i >= self.next_yield}
                 yield item
             if self.fatal is not None:
                 raise self.fatal
@@ -1175,6 +1202,7 @@ class _WSAdapter(_Adapter):
         self.resume_info: Dict[str, Any] = {}
         self.duplicates = 0  # answers dropped as already received (none from a correct server)
         self.resent = 0  # frames sent again after a resume (the server had not read them)
+        self.renumbered = 0  # times the server's seqs ran ahead of the client's count
 
     async def open(self) -> None:
         self.lock = asyncio.Lock()
@@ -1353,7 +1381,18 @@ class _WSAdapter(_Adapter):
                 self.duplicates += 1  # answered already (a replay overlapping what came)
                 return
             self.last_seq = seq
-            self.frames.pop(seq, None)
+            entry = self._entry_of(msg.get("id"), seq)
+            if entry is None:
+                # A frame of ours answered already, read and numbered twice by the
+                # server: its item is out, so this answer is dropped.
+                self.duplicates += 1
+                return
+            if entry.seq is not None and seq > entry.seq:
+                self._renumber(entry, seq - entry.seq, engine)  # the server's numbering wins
+            elif entry.seq != seq:
+                engine.fail(TransportError(f"the server answered the frame of seq {entry.seq} with seq {seq}"))
+                return
+            del self.frames[seq]
             # Answers come in seq order, one per frame: a frame numbered before this
             # one and still unanswered will never be answered.
             missing = [s for s in self.frames if s < seq]
@@ -1380,6 +1419,31 @@ class _WSAdapter(_Adapter):
                     fut.set_exception(err)
             return
         # pong, and message types of later versions: nothing waits for them.
+
+    def _entry_of(self, id_: Any, seq: int) -> Optional[_Sent]:
+        """The unanswered frame an answer is for: by its id when it has one of ours,
+        else by seq."""
+        if isinstance(id_, int) and not isinstance(id_, bool):
+            for e in self.frames.values():
+                if e.job is not None and e.job.index == id_:
+                    return e
+            return None
+        return self.frames.get(seq)
+
+    def _renumber(self, entry: _Sent, delta: int, engine: _Engine) -> None:
+        """The server numbered entry delta more than the client did (it numbered a
+        frame twice): shift it and every frame sent after it."""
+        self.renumbered += 1
+        moved = [e for e in self.frames.values() if e.order >= entry.order]
+        for e in moved:
+            del self.frames[e.seq]  # type: ignore[arg-type]
+        for e in moved:
+            e.seq += delta  # type: ignore[operator]
+            self.frames[e.seq] = e
+            if e.job is not None:
+                engine.note_seq(e.job, e.seq)
+        self.frames = dict(sorted(self.frames.items()))
+        self.sent += delta
 
     async def _resume(self, engine: _Engine) -> None:
         """Resume the session on a new connection, after a drop. On return the reader
