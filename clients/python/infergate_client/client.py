@@ -1278,9 +1278,8 @@ class _WSAdapter(_Adapter):
         except wsexc.ConnectionClosed as e:
             code, reason = _close_info(ws, e)
             if resume is not None and code == 4401 and reason.startswith("resume failed"):
-                word = reason.partition(":")[2].strip() or None
                 raise ResumeError(f"the server could not resume session {resume[0]}: {reason}",
-                                  reason=word, status=code) from e
+                                  reason=_resume_reason(reason), status=code) from e
             raise error_from_close(code, reason) from e
         except BaseException:
             await _close_quietly(ws)
@@ -1572,6 +1571,17 @@ class _WSAdapter(_Adapter):
             except BaseException:
                 pass
         self._fail_updates(TransportError("the stream was closed"))
+
+
+def _resume_reason(text: str) -> str:
+    """The reason word of a refused resume's close reason ("resume failed: expired"),
+    also from wordier reasons ("... unknown session or wrong resume token ...")."""
+    for word in ("expired", "gap", "not_found"):
+        if word in text:
+            return word
+    if "unknown session" in text or "not found" in text:
+        return "not_found"
+    return text.partition(":")[2].strip() or "unknown"
 
 
 async def _close_quietly(ws: Any) -> None:

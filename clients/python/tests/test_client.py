@@ -988,6 +988,28 @@ class TestResume(LiveTest):
         self.assertEqual([i["id"] for i in items], list(range(30)))
         self.assertEqual([i.get("error") for i in items], [None] * 30)
 
+    def test_resume_refused(self) -> None:
+        """A resume the server refuses raises ResumeError, after the items that were
+        complete: with the API key (a fresh session, resumed: false, which the client
+        closes) and with a resume token (close 4401 "resume failed: ...")."""
+        for how in ("key", "token"):
+            with self.subTest(how=how):
+                c = self.client("resume")
+                token = c.mint_token()["token"] if how == "token" else None
+                items: List[Dict[str, Any]] = []
+                with self.assertRaises(ResumeError) as cm:
+                    with c.stream([PHOTOS[0]] * 30, transport="ws", token=token, top_k=1) as s:
+                        for item in s:
+                            items.append(item)
+                            if len(items) == 2:
+                                s._a._adapter.resume_info["session_id"] = "no-such-session"
+                                _drop_connection(s)
+                self.assertEqual(cm.exception.reason, "not_found", cm.exception)
+                self.assertIsInstance(cm.exception, TransportError)
+                self.assertEqual([i["id"] for i in items], list(range(len(items))))
+                self.assertGreaterEqual(len(items), 2)
+                self.assertLess(len(items), 30)
+
     def test_without_resume(self) -> None:
         c = self.client("resume")
         with self.assertRaises(TransportError) as cm:
