@@ -833,6 +833,9 @@ class TestLatestMode(LiveTest):
                 for i in results:
                     self.assertIn(i["predictions"][0]["index"], DOG_TOP1)
                     self.assertEqual(len(i["predictions"]), 5)
+                    self.assertEqual(set(i["timing"]), {"queue_ms", "decode_ms", "preprocess_ms",
+                                                        "inference_ms", "log_ms"})
+                    self.assertGreaterEqual(i["batch"], 1)
 
     def test_ordered_still_refuses(self) -> None:
         with self.client("fps2").stream([PHOTOS[0]] * 6, transport="ws", mode="ordered", top_k=1) as s:
