@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -176,12 +177,18 @@ type wsConn struct {
 // request's context no longer ends with the client, so lifetimes come from the
 // connection and the stream.
 func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamAuth) {
-	defer conn.CloseNow()
 	if !s.conns.add() {
 		closeWith(conn, errorf(CodeUnavailable, "the server is shutting down"))
+		conn.CloseNow()
 		return
 	}
-	defer s.conns.done()
+	handed := false
+	defer func() {
+		if !handed {
+			conn.CloseNow()
+			s.conns.done()
+		}
+	}()
 	lim := s.registry.Limits()
 	addr := s.clientAddr(r)
 	if auth.p == nil && auth.resumeToken == "" {
@@ -256,8 +263,18 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamA
 	}
 	conn.SetReadLimit(lim.MaxMessageBytes)
 	go c.write(cursor, replayed)
-	c.pinger = time.AfterFunc(lim.PingInterval, c.ping)
-	c.read()
+	// Set before it can fire: ping resets it.
+	c.pinger = time.AfterFunc(time.Duration(math.MaxInt64), c.ping)
+	c.pinger.Reset(lim.PingInterval)
+	// The read loop runs on a goroutine of its own, and this one (net/http's, whose
+	// stack grew through the upgrade and the authentication) returns: an idle
+	// stream then holds two small stacks, not a deep one.
+	handed = true
+	go func() {
+		defer s.conns.done()
+		defer conn.CloseNow()
+		c.read()
+	}()
 }
 
 // resume finds the stream that auth asks to resume, checking the resume token when
