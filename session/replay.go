@@ -15,6 +15,28 @@ type Replay struct {
 	lastSeq int64 // the seq of the last frame answer sent
 	notify  chan struct{}
 	ended   bool
+	// watch, when set, is called after each Send and End, without r.mu held: the
+	// consumer that writes only while there is something to write (a WebSocket).
+	watch      func()
+	watchOwner uint64
+}
+
+// Watch makes fn the function called after each event sent and at the end (in
+// place of any earlier one), for the consumer owner; Unwatch(owner) removes it. fn
+// must not block: it is called by the stream as it answers.
+func (r *Replay) Watch(owner uint64, fn func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.watch, r.watchOwner = fn, owner
+}
+
+// Unwatch removes the watch of owner, if it is still the one set.
+func (r *Replay) Unwatch(owner uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.watchOwner == owner {
+		r.watch = nil
+	}
 }
 
 // NewReplay returns a Replay keeping the last n events.
@@ -26,7 +48,13 @@ func NewReplay(n int) *Replay {
 // Send appends ev and wakes the listeners.
 func (r *Replay) Send(ev Event) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	watch := r.watch
+	defer func() {
+		r.mu.Unlock()
+		if watch != nil {
+			watch()
+		}
+	}()
 	if len(r.buf) < r.size {
 		r.buf = append(r.buf, ev)
 	} else {
@@ -45,7 +73,13 @@ func (r *Replay) Send(ev Event) {
 // End wakes the listeners for good: After then reports ended once they have read all.
 func (r *Replay) End() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	watch := r.watch
+	defer func() {
+		r.mu.Unlock()
+		if watch != nil {
+			watch()
+		}
+	}()
 	if !r.ended {
 		r.ended = true
 		close(r.notify)
@@ -89,6 +123,13 @@ func (r *Replay) Resume(lastSeq int64) (c Cursor, ok bool) {
 		}
 	}
 	return 0, false
+}
+
+// Ended reports whether End has been called.
+func (r *Replay) Ended() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ended
 }
 
 // Head returns the cursor after the newest event.

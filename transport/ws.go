@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -164,9 +165,16 @@ type wsConn struct {
 	gen   uint64 // the stream's owner generation, for Detach
 	reqID string
 
-	gone    chan struct{} // closed when the reader stops: the writer stops too
-	written chan struct{} // closed when the writer has stopped
-	pinger  *time.Timer
+	// The writer runs only while there is something to write: the ring's watch
+	// starts it, and it ends when it has caught up, so an idle stream holds no
+	// goroutine for it.
+	wmu      sync.Mutex // guards the fields below
+	writing  bool       // a writer goroutine runs
+	wstopped bool       // the reader has stopped: no writer is started any more
+	cursor   session.Cursor
+	replayed session.Cursor // events before it are sent again after a resume
+	writers  sync.WaitGroup
+	pinger   *time.Timer
 	// closing is set once the writer sends the stream's close (or a takeover kicks
 	// this connection): the reader's error is then not a drop.
 	closing atomic.Bool
@@ -199,7 +207,7 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamA
 			return
 		}
 	}
-	c := &wsConn{s: s, conn: conn, reqID: requestID(r.Context()), gone: make(chan struct{}), written: make(chan struct{})}
+	c := &wsConn{s: s, conn: conn, reqID: requestID(r.Context())}
 	kick := func() {
 		c.closing.Store(true)
 		conn.CloseNow()
@@ -262,7 +270,9 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamA
 		return
 	}
 	conn.SetReadLimit(lim.MaxMessageBytes)
-	go c.write(cursor, replayed)
+	c.cursor, c.replayed = cursor, replayed
+	c.st.Replay().Watch(c.gen, c.wake)
+	c.wake() // what is in the ring already: a resume's replay, answers since
 	// Set before it can fire: ping resets it.
 	c.pinger = time.AfterFunc(time.Duration(math.MaxInt64), c.ping)
 	c.pinger.Reset(lim.PingInterval)
@@ -330,8 +340,12 @@ func (c *wsConn) read() {
 	}
 	c.stopped.Store(true)
 	c.pinger.Stop()
-	close(c.gone)
-	<-c.written
+	c.conn.CloseNow() // a writer still sending fails at once
+	c.st.Replay().Unwatch(c.gen)
+	c.wmu.Lock()
+	c.wstopped = true
+	c.wmu.Unlock()
+	c.writers.Wait()
 	code := websocket.CloseStatus(err)
 	switch {
 	case c.closing.Load():
@@ -377,24 +391,38 @@ func (c *wsConn) handle(typ websocket.MessageType, data []byte) error {
 	return err
 }
 
-// write sends the stream's answers from cursor on, in order, until the stream ends
-// (then it sends the close) or the reader stops. Events before replayed are sent
+// wake starts the writer unless it runs, or the reader has stopped.
+func (c *wsConn) wake() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.writing || c.wstopped {
+		return
+	}
+	c.writing = true
+	c.writers.Add(1)
+	go c.write()
+}
+
+// write sends the stream's answers from the cursor on, in order, until it has
+// caught up with the ring (the next answer wakes it again), the stream has ended
+// (it sends the close), or the connection fails. Events before c.replayed are sent
 // again after a resume: of those, only frame answers.
-func (c *wsConn) write(cursor, replayed session.Cursor) {
-	defer close(c.written)
+func (c *wsConn) write() {
+	defer c.writers.Done()
 	ring := c.st.Replay()
 	lim := c.s.registry.Limits()
 	for {
-		evs, next, wait, lost, ended := ring.After(cursor)
+		evs, next, _, lost, ended := ring.After(c.cursor)
 		if lost {
 			// More than the ring behind: the answers in between are gone. Dropped
 			// like a client that does not read; a resume would find the gap.
 			c.s.log.Info("dropping stream connection: client more than the replay ring behind", "session_id", c.st.ID)
+			c.stopWriting()
 			c.conn.CloseNow()
 			return
 		}
 		for i, ev := range evs {
-			if cursor+session.Cursor(i) < replayed && !ev.Kind.IsFrame() {
+			if c.cursor+session.Cursor(i) < c.replayed && !ev.Kind.IsFrame() {
 				continue
 			}
 			msg, _ := c.s.eventMessage(ev)
@@ -404,21 +432,38 @@ func (c *wsConn) write(cursor, replayed session.Cursor) {
 			cancel()
 			if err != nil {
 				// Not reading, or gone: drop the connection; the reader sees it.
+				c.stopWriting()
 				c.conn.CloseNow()
 				return
 			}
 		}
-		cursor = next
+		c.cursor = next
 		if ended {
+			c.stopWriting()
 			c.close()
 			return
 		}
-		select {
-		case <-wait:
-		case <-c.gone:
+		c.wmu.Lock()
+		if c.wstopped || (ring.Head() == c.cursor && !ring.Ended()) {
+			// Caught up: the next Send's (or End's) watch starts a writer again.
+			// A watch that ran before this check found the writer running and left
+			// the work to it: the check sees what it announced. One after it finds
+			// no writer and starts one.
+			c.writing = false
+			c.wmu.Unlock()
 			return
 		}
+		c.wmu.Unlock()
 	}
+}
+
+// stopWriting marks the writer done for good: it has closed or dropped the
+// connection.
+func (c *wsConn) stopWriting() {
+	c.wmu.Lock()
+	c.wstopped = true
+	c.writing = false
+	c.wmu.Unlock()
 }
 
 // close sends the close of a stream that has ended, with the code of its cause.
