@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -365,5 +366,37 @@ func TestStreamResumeTakeover(t *testing.T) {
 	c2.Close(websocket.StatusNormalClosure, "")
 	if st := waitSession(t, e, ready.SessionID); st.FramesReceived != 2 || *st.CloseCode != 1000 {
 		t.Fatalf("session %+v", st)
+	}
+}
+
+// TestStreamBytesAfterUpgrade: a client whose first message arrives with its upgrade
+// request (read by net/http before the hijack) is still understood: the bytes move
+// into the connection's own buffer.
+func TestStreamBytesAfterUpgrade(t *testing.T) {
+	e := newEnv(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.ts.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msg := []byte(`{"type":"auth","api_key":"` + e.key + `"}`)
+	frame := []byte{0x81, 0x80 | byte(len(msg)), 1, 2, 3, 4} // text, masked, short length
+	for i, b := range msg {
+		frame = append(frame, b^[]byte{1, 2, 3, 4}[i%4])
+	}
+	req := "GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if _, err := conn.Write(append([]byte(req), frame...)); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var got []byte
+	buf := make([]byte, 4096)
+	for !strings.Contains(string(got), `"type":"ready"`) {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no ready after the pipelined auth message: %v; got %q", err, got)
+		}
+		got = append(got, buf[:n]...)
 	}
 }

@@ -1,10 +1,14 @@
 package transport
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -98,7 +102,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(CodeUnavailable, "the server is shutting down"))
 		return
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	conn, err := websocket.Accept(wsBuffers{w}, r, &websocket.AcceptOptions{
 		// The origin was checked above, against --allowed-origins.
 		InsecureSkipVerify: true,
 		// Images are compressed already; deflate would cost CPU for nothing.
@@ -108,6 +112,40 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		return // Accept has answered the client
 	}
 	s.serveStream(conn, r, auth)
+}
+
+// wsReadBuffer and wsWriteBuffer size the buffers of a WebSocket connection, which
+// it holds for its life, idle or not: net/http's would be 4 KiB each. Headers and
+// answers fit in them; image payloads are larger than either, and bufio moves those
+// straight between the socket and the message, so small buffers cost no copies.
+const (
+	wsReadBuffer  = 1 << 10
+	wsWriteBuffer = 2 << 10
+)
+
+// wsBuffers hands coder/websocket the hijacked connection with buffers of its own
+// sizes (wsReadBuffer, wsWriteBuffer) in place of net/http's.
+type wsBuffers struct{ http.ResponseWriter }
+
+func (w wsBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w wsBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	br := bufio.NewReaderSize(conn, wsReadBuffer)
+	if n := brw.Reader.Buffered(); n > 0 {
+		// Bytes the client sent after its upgrade request, read already: they
+		// must be in the new buffer, where coder/websocket looks for them.
+		b, _ := brw.Reader.Peek(n)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn), max(wsReadBuffer, n))
+		if _, err := br.Peek(n); err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+	}
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
 }
 
 func (s *Server) openError(p *storage.Principal, err error) error {
