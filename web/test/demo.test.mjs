@@ -585,6 +585,32 @@ describe('demo page', { timeout: 15 * 60_000 }, () => {
       }
     });
 
+  test('?transport=sse: the webcam streams in mode latest over an SSE session too',
+    { timeout: TEST_TIMEOUT, skip: NO_CLI }, async () => {
+      const key = createKey('sse-latest', 5);
+      const camBrowser = await launch(FAKE_CAMERA_ARGS);
+      try {
+        const s = await openDemo(camBrowser, { key, query: '?transport=sse' });
+        const { page } = s;
+        await waitForText(page, 'conn-state', /^ready$/);
+        await page.getByTestId('fps').fill('30');
+        await page.getByTestId('camera-button').click();
+        await waitForText(page, 'stream-mode', /^latest$/);
+        await waitNum(page, 'answered', 5);
+        await waitNum(page, 'skipped', 3);
+        assert.equal(await num(page, 'refused'), 0, 'nothing refused');
+        assert.equal(await transport(page), 'sse');
+        assert.match(await page.getByTestId('timing-inference').textContent(), /\d+(\.\d)? ms/);
+        await page.getByTestId('camera-button').click();
+        await waitForText(page, 'stream-mode', /^ordered$/);
+        await pickDog(page);
+        await waitForDog(page);
+        await close(s);
+      } finally {
+        await camBrowser.close();
+      }
+    });
+
   // streamAcrossDrops opens the page through a proxy, starts the webcam, and drops the
   // connection twice: once plainly, once while new connections are refused for a while,
   // so that the first attempts to resume fail. It checks that the page resumed the same
