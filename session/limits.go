@@ -29,7 +29,12 @@ type Limits struct {
 	Heartbeat time.Duration
 	// IdleExpiry ends an SSE session with no event stream for this long (5 min).
 	IdleExpiry time.Duration
-	// Replay is how many events an SSE session keeps for Last-Event-ID (default 256).
+	// ResumeWindow is how long a WebSocket stream whose connection dropped waits to
+	// be resumed (default 30 s). It holds its place in max_connections meanwhile.
+	ResumeWindow time.Duration
+	// Replay is how many answers a stream keeps for an SSE Last-Event-ID or a
+	// WebSocket resume (default 256); a consumer that falls further behind loses
+	// answers, so it also bounds a stream's answers not yet written.
 	Replay int
 	// RevocationPoll is how often the database is asked for revoked keys (default
 	// 1 s): a revoked key's streams close within about this long.
@@ -55,6 +60,7 @@ func (l Limits) WithDefaults() Limits {
 	def(&l.PingInterval, 20*time.Second)
 	def(&l.Heartbeat, 15*time.Second)
 	def(&l.IdleExpiry, 5*time.Minute)
+	def(&l.ResumeWindow, 30*time.Second)
 	def(&l.RevocationPoll, time.Second)
 	def(&l.FrameTimeout, 30*time.Second)
 	if l.MaxInFlight <= 0 {

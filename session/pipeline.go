@@ -13,15 +13,17 @@ import (
 	"github.com/infergate/infergate/storage"
 )
 
-// Classifier is what the pipeline needs of the model.
+// Classifier is what the pipeline needs of the model: infer.Classifier's Submit,
+// which answers through a callback.
 type Classifier interface {
-	Classify(ctx context.Context, image []byte, topK int) (*infer.Result, error)
+	Submit(ctx context.Context, image []byte, topK int, done func(*infer.Result, error)) error
 	Info() infer.ModelInfo
 }
 
-// LogWriter commits inference log rows; Write returns once the row is committed.
+// LogWriter commits inference log rows: WriteAsync queues a row and calls done with
+// the outcome of its commit (storage.Writer's).
 type LogWriter interface {
-	Write(ctx context.Context, row *storage.InferenceLog) error
+	WriteAsync(ctx context.Context, row *storage.InferenceLog, done func(error)) error
 }
 
 // ErrLog wraps a failure to commit a log row: the result is then withheld from the
@@ -77,46 +79,74 @@ type StatusCoder func(err error) (status int, code string)
 // bounds the wait for the model; the commit is not abandoned once started, so a
 // result the client might still get always has its row.
 func (p *Pipeline) Run(ctx context.Context, req *Request, codeOf StatusCoder) Outcome {
-	now := p.now
+	ch := make(chan Outcome, 1)
+	p.Start(ctx, req, codeOf, func(out Outcome) { ch <- out })
+	out := <-ch
+	if out.Err == nil && ctx.Err() != nil {
+		// The caller has gone; its row says the image was classified, which it was.
+		out.Err = ctx.Err()
+	}
+	return out
+}
+
+// Start is Run without the wait: it classifies req and commits its log row with no
+// goroutine of its own, and calls done once with the outcome, from the model's or
+// the log writer's goroutine (or this one, for a request refused at once). done
+// must not block.
+func (p *Pipeline) Start(ctx context.Context, req *Request, codeOf StatusCoder, done func(Outcome)) {
 	if req.Start.IsZero() {
-		req.Start = now()
+		req.Start = p.now()
 	}
-	var out Outcome
 	if req.Err != nil {
-		out.Err = req.Err
-	} else {
-		// The model's workers are shared fairly between users, and within a user's
-		// share between its streams; a POST request (no session) is a flow of
-		// its own.
-		ctx := infer.WithOwner(ctx, strconv.FormatInt(req.Principal.User.ID, 10))
-		if req.SessionID != "" {
-			ctx = infer.WithFlow(ctx, req.SessionID)
-		}
-		res, err := p.Classifier.Classify(ctx, req.Image, req.TopK)
-		out.Result, out.Err = res, err
-		if res != nil {
-			out.Inference = time.Duration(res.InferenceMS * float64(time.Millisecond))
-			if p.Observe != nil {
-				p.Observe(req.Transport, out.Inference)
-			}
+		p.commit(ctx, req, codeOf, nil, req.Err, done)
+		return
+	}
+	// The model's workers are shared fairly between users, and within a user's
+	// share between its streams; a POST request (no session) is a flow of its own.
+	ictx := infer.WithOwner(ctx, strconv.FormatInt(req.Principal.User.ID, 10))
+	if req.SessionID != "" {
+		ictx = infer.WithFlow(ictx, req.SessionID)
+	}
+	err := p.Classifier.Submit(ictx, req.Image, req.TopK, func(res *infer.Result, err error) {
+		p.commit(ctx, req, codeOf, res, err, done)
+	})
+	if err != nil {
+		p.commit(ctx, req, codeOf, nil, err, done)
+	}
+}
+
+// commit writes the log row of req's outcome and calls done once it has committed.
+func (p *Pipeline) commit(ctx context.Context, req *Request, codeOf StatusCoder, res *infer.Result, err error, done func(Outcome)) {
+	out := Outcome{Result: res, Err: err, Status: 200}
+	if res != nil {
+		out.Inference = time.Duration(res.InferenceMS * float64(time.Millisecond))
+		if p.Observe != nil {
+			p.Observe(req.Transport, out.Inference)
 		}
 	}
-	out.Latency = now().Sub(req.Start)
-	out.Status = 200
+	committing := p.now()
+	out.Latency = committing.Sub(req.Start)
 	if out.Err != nil {
 		out.Status, out.Code = codeOf(out.Err)
 	}
 	row := p.row(req, &out)
-	// The commit must not be cut short by a client that went away: the row is the
-	// record of work done. WithoutCancel keeps the values, drops the cancellation.
-	committing := now()
-	err := p.Log.Write(context.WithoutCancel(ctx), row)
-	out.Log = now().Sub(committing)
-	if err != nil {
+	fail := func(err error) {
 		out.Result = nil
 		out.Err = fmt.Errorf("%w: %w", ErrLog, err)
 	}
-	return out
+	// The commit must not be cut short by a client that went away: the row is the
+	// record of work done. WithoutCancel keeps the values, drops the cancellation.
+	err = p.Log.WriteAsync(context.WithoutCancel(ctx), row, func(err error) {
+		out.Log = p.now().Sub(committing)
+		if err != nil {
+			fail(err)
+		}
+		done(out)
+	})
+	if err != nil {
+		fail(err)
+		done(out)
+	}
 }
 
 // model returns the model's name, asked of the classifier once.

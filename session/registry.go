@@ -12,10 +12,13 @@ import (
 	"github.com/infergate/infergate/storage"
 )
 
+// DefaultTopK is the top_k of a stream's frames unless its settings say otherwise.
+const DefaultTopK = 5
+
 // Store is what the registry needs of the database.
 type Store interface {
 	StartSession(ctx context.Context, s *storage.Session) error
-	EndSession(ctx context.Context, id string, endedAt time.Time, received, rejected int64, closeCode int) error
+	EndSession(ctx context.Context, id string, end storage.SessionEnd) error
 	Invalid(ctx context.Context, keyIDs []int64) ([]int64, error)
 }
 
@@ -47,50 +50,73 @@ type RegistryConfig struct {
 	Logger   *slog.Logger
 	Now      func() time.Time
 	CodeOf   StatusCoder
-	Hooks    Hooks
+	// CloseCode is the close code recorded for a stream of transport that ended with
+	// cause (the transport's table; nil records none).
+	CloseCode func(transport string, cause error) int
+	Hooks     Hooks
 }
 
-// Registry holds the open streams. Safe for concurrent use.
+// Registry holds the open streams, whatever their transport. Safe for concurrent
+// use.
 type Registry struct {
-	pipeline *Pipeline
-	store    Store
-	limits   Limits
-	log      *slog.Logger
-	now      func() time.Time
-	codeOf   StatusCoder
-	hooks    Hooks
+	pipeline  *Pipeline
+	store     Store
+	limits    Limits
+	log       *slog.Logger
+	now       func() time.Time
+	codeOf    StatusCoder
+	closeCode func(string, error) int
+	hooks     Hooks
 
 	stopPoll chan struct{}
 	polling  sync.WaitGroup // the revocation and expiry loop
-	ending   sync.WaitGroup // goroutines finishing unowned (SSE) streams
+	// live counts the streams admitted and not yet recorded as ended. Add is
+	// called under mu and only before shutting is set, so never after Wait began.
+	live sync.WaitGroup
 
 	mu       sync.Mutex // guards the fields below
 	streams  map[string]*Stream
-	byUser   map[int64]int // open streams by user, counted from Open, before they are in streams
-	open     int           // open streams, all users, counted the same way
+	byUser   map[int64]int // streams by user, counted from admission
 	shutting bool
+	gone     map[string]goneStream // streams ended lately, for resume_error
 }
+
+// goneStream is what is remembered of a stream that ended, to tell a resume that
+// came too late ("expired") from one with a wrong id ("not_found").
+type goneStream struct {
+	user int64
+	at   time.Time
+}
+
+// maxGone bounds the ended streams remembered; past it the resume of an older one
+// says not_found instead of expired.
+const maxGone = 4096
 
 // NewRegistry starts a registry and its loop that closes revoked and expired streams.
 // Shutdown stops it.
 func NewRegistry(cfg RegistryConfig) *Registry {
 	r := &Registry{
-		pipeline: cfg.Pipeline,
-		store:    cfg.Store,
-		limits:   cfg.Limits.WithDefaults(),
-		log:      cfg.Logger,
-		now:      cfg.Now,
-		codeOf:   cfg.CodeOf,
-		hooks:    cfg.Hooks,
-		stopPoll: make(chan struct{}),
-		streams:  make(map[string]*Stream),
-		byUser:   make(map[int64]int),
+		pipeline:  cfg.Pipeline,
+		store:     cfg.Store,
+		limits:    cfg.Limits.WithDefaults(),
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		codeOf:    cfg.CodeOf,
+		closeCode: cfg.CloseCode,
+		hooks:     cfg.Hooks,
+		stopPoll:  make(chan struct{}),
+		streams:   make(map[string]*Stream),
+		byUser:    make(map[int64]int),
+		gone:      make(map[string]goneStream),
 	}
 	if r.log == nil {
 		r.log = slog.Default()
 	}
 	if r.now == nil {
 		r.now = time.Now
+	}
+	if r.closeCode == nil {
+		r.closeCode = func(string, error) int { return 0 }
 	}
 	r.polling.Add(1)
 	go r.poll()
@@ -106,12 +132,14 @@ type OpenParams struct {
 	Transport  string // ws or sse
 	RemoteAddr string
 	UserAgent  string
-	Sink       Sink
-	// Owned streams (WebSocket) are finished by the goroutine serving them; the
-	// registry finishes unowned ones (SSE) itself when they are terminated.
-	Owned bool
-	// OnFinish, if set, runs once the stream has finished and left the registry.
-	OnFinish func()
+	// Settings change the defaults (ordered, DefaultTopK, the user's fps); a value
+	// out of range fails Open with ErrSettings.
+	Settings Update
+	// Secret is kept as Stream.Secret.
+	Secret [32]byte
+	// Kick, when set, attaches an owner at once (a WebSocket): see Stream.Attach.
+	// Without one, the stream starts unattended (SSE, until an event stream listens).
+	Kick func()
 }
 
 // CanOpen reports whether the user may open one more stream (for a refusal before a
@@ -129,27 +157,54 @@ func (r *Registry) admit(p *storage.Principal) error {
 		return ErrShuttingDown
 	case r.byUser[p.User.ID] >= p.User.MaxConnections:
 		return ErrTooManyStreams
-	case r.open >= r.limits.MaxStreams:
+	case len(r.streams) >= r.limits.MaxStreams:
 		return ErrServerFull
 	}
 	return nil
 }
 
-// Open starts a stream for p: it checks the user's max_connections, records the
-// sessions row and starts the stream's sender. The caller must Finish it.
+// Open starts a stream for p: it checks the user's max_connections and the server's
+// cap, and records the sessions row. The stream is in the registry from the moment it
+// is admitted, so Shutdown terminates it even while Open runs.
 func (r *Registry) Open(ctx context.Context, op OpenParams) (*Stream, error) {
+	maxFPS := max(1, op.Principal.User.FramesPerSecond)
+	settings, err := CheckSettings(Settings{Mode: Ordered, TopK: DefaultTopK, FPS: maxFPS}, op.Settings, maxFPS)
+	if err != nil {
+		return nil, err
+	}
 	id, err := newID()
 	if err != nil {
 		return nil, err
 	}
 	now := r.now()
+	sctx, cancel := context.WithCancelCause(context.Background())
+	s := &Stream{
+		ID: id, Principal: op.Principal, Transport: op.Transport, Started: now, Secret: op.Secret,
+		reg: r, limits: r.limits, ring: NewReplay(r.limits.Replay), ctx: sctx, cancel: cancel,
+		ended:    make(chan struct{}),
+		opened:   make(chan struct{}),
+		idle:     r.limits.IdleExpiry,
+		freed:    make(chan struct{}),
+		settings: settings,
+		maxFPS:   maxFPS,
+		limiter:  ratelimit.NewWindow(settings.FPS, r.limits.Window),
+		lastUse:  now,
+	}
+	if op.Transport == storage.TransportWS {
+		s.idle = r.limits.ResumeWindow
+	}
+	if op.Kick != nil {
+		s.owner, s.kick = 1, op.Kick
+	}
 	r.mu.Lock()
 	if err := r.admit(op.Principal); err != nil {
 		r.mu.Unlock()
+		cancel(err)
 		return nil, err
 	}
+	r.streams[id] = s
 	r.byUser[op.Principal.User.ID]++
-	r.open++
+	r.live.Add(1)
 	r.mu.Unlock()
 
 	err = r.store.StartSession(ctx, &storage.Session{
@@ -158,62 +213,80 @@ func (r *Registry) Open(ctx context.Context, op OpenParams) (*Stream, error) {
 		StartedAt: now,
 	})
 	if err != nil {
-		r.mu.Lock()
-		r.byUser[op.Principal.User.ID]--
-		r.open--
-		r.mu.Unlock()
+		s.openErr = err
+		close(s.opened)
+		s.Terminate(err) // it has no frames: it ends at once, and finish forgets it
 		return nil, err
-	}
-	sctx, cancel := context.WithCancelCause(context.Background())
-	s := &Stream{
-		ID: id, Principal: op.Principal, Transport: op.Transport, Started: now,
-		reg: r, limits: r.limits, sink: op.Sink, ctx: sctx, cancel: cancel,
-		slots:    make(chan struct{}, r.limits.MaxInFlight),
-		answers:  make(chan *pending, r.limits.MaxInFlight),
-		sent:     make(chan struct{}),
-		limiter:  ratelimit.NewWindow(max(1, op.Principal.User.FramesPerSecond), r.limits.Window),
-		lastUse:  now,
-		unowned:  !op.Owned,
-		onFinish: op.OnFinish,
-	}
-	r.mu.Lock()
-	r.streams[id] = s
-	r.mu.Unlock()
-	go s.send()
-	if !op.Owned {
-		r.ending.Add(1)
-		go r.finishWhenTerminated(s)
 	}
 	if r.hooks.Opened != nil {
 		r.hooks.Opened(op.Transport)
 	}
+	close(s.opened)
 	return s, nil
 }
 
-// finishWhenTerminated is the owner of an unowned stream: it waits for the stream to
-// be terminated, then answers its frames and finishes it.
-func (r *Registry) finishWhenTerminated(s *Stream) {
-	defer r.ending.Done()
-	<-s.ctx.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), r.limits.FrameTimeout+r.limits.WriteTimeout)
-	defer cancel()
-	s.Finish(ctx, CloseCode(context.Cause(s.ctx)))
+// ResumeError says why a stream could not be resumed.
+type ResumeError string
+
+// The reasons, as SPEC.md names them in resume_error.
+const (
+	ResumeNotFound ResumeError = "not_found" // no such stream of this user's
+	ResumeExpired  ResumeError = "expired"   // it ended: its window passed, or it was closed
+	ResumeGap      ResumeError = "gap"       // its ring no longer holds the answers after last_seq
+)
+
+func (e ResumeError) Error() string { return "session: resume: " + string(e) }
+
+// Resume finds the WebSocket stream id of user (0 = whoever's it is, for a caller
+// that proved the stream's Secret) for a consumer that has every answer up to
+// lastSeq, and returns it with the ring cursor to send from.
+func (r *Registry) Resume(id string, user int64, lastSeq int64) (*Stream, Cursor, error) {
+	r.mu.Lock()
+	s := r.streams[id]
+	g, wasGone := r.gone[id]
+	r.mu.Unlock()
+	switch {
+	case s == nil && wasGone && (user == 0 || g.user == user):
+		return nil, 0, ResumeExpired
+	case s == nil || s.Transport != storage.TransportWS || (user != 0 && s.Principal.User.ID != user):
+		return nil, 0, ResumeNotFound
+	case s.Err() != nil:
+		return nil, 0, ResumeExpired
+	case lastSeq > s.Seq():
+		return nil, 0, ResumeGap
+	}
+	c, ok := s.ring.Resume(lastSeq)
+	if !ok {
+		return nil, 0, ResumeGap
+	}
+	return s, c, nil
 }
 
-// CloseCode is the close code recorded for a stream that ended with cause: the
-// WebSocket codes of SPEC.md, which SSE sessions record too.
-func CloseCode(cause error) int {
-	switch cause {
-	case ErrRevoked:
-		return 4401
-	case ErrShuttingDown:
-		return 1001
-	case ErrExpired:
-		return 4408
-	case nil, ErrClosed:
-		return 1000
+// finish records the end of s, which has just ended, without blocking its caller
+// (who holds s.mu).
+func (r *Registry) finish(s *Stream) {
+	end := storage.SessionEnd{
+		EndedAt: r.now(), Received: s.received, Rejected: s.rejected, Skipped: s.skipped,
+		CloseCode: r.closeCode(s.Transport, context.Cause(s.ctx)),
 	}
-	return 1011
+	go func() {
+		defer r.live.Done()
+		// A stream terminated while Open records it (a shutdown) ends only once its
+		// row exists, or once Open failed to write one.
+		<-s.opened
+		r.remove(s)
+		if s.openErr != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := r.store.EndSession(ctx, s.ID, end); err != nil {
+			r.log.Error("record session end", "session_id", s.ID, "err", err)
+		}
+		if r.hooks.Closed != nil {
+			r.hooks.Closed(s.Transport)
+		}
+	}()
 }
 
 // Get returns the open stream with id.
@@ -231,26 +304,42 @@ func (r *Registry) Len() int {
 	return len(r.streams)
 }
 
-func (r *Registry) remove(s *Stream, received, rejected int64, closeCode int) {
+func (r *Registry) remove(s *Stream) {
 	r.mu.Lock()
-	if _, ok := r.streams[s.ID]; ok {
-		delete(r.streams, s.ID)
-		if r.byUser[s.Principal.User.ID]--; r.byUser[s.Principal.User.ID] <= 0 {
-			delete(r.byUser, s.Principal.User.ID)
+	defer r.mu.Unlock()
+	if r.streams[s.ID] != s {
+		return
+	}
+	delete(r.streams, s.ID)
+	if r.byUser[s.Principal.User.ID]--; r.byUser[s.Principal.User.ID] <= 0 {
+		delete(r.byUser, s.Principal.User.ID)
+	}
+	if s.openErr != nil {
+		return
+	}
+	if len(r.gone) >= maxGone {
+		r.pruneGone(time.Time{})
+	}
+	r.gone[s.ID] = goneStream{user: s.Principal.User.ID, at: r.now()}
+}
+
+// pruneGone forgets the ended streams older than before, or the oldest half when
+// before is zero; r.mu is held.
+func (r *Registry) pruneGone(before time.Time) {
+	if before.IsZero() {
+		n := 0
+		for id := range r.gone {
+			if n++; n > maxGone/2 {
+				break
+			}
+			delete(r.gone, id)
 		}
-		r.open--
+		return
 	}
-	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.store.EndSession(ctx, s.ID, r.now(), received, rejected, closeCode); err != nil {
-		r.log.Error("record session end", "session_id", s.ID, "err", err)
-	}
-	if r.hooks.Closed != nil {
-		r.hooks.Closed(s.Transport)
-	}
-	if s.onFinish != nil {
-		s.onFinish()
+	for id, g := range r.gone {
+		if g.at.Before(before) {
+			delete(r.gone, id)
+		}
 	}
 }
 
@@ -261,9 +350,9 @@ func (r *Registry) ShuttingDown() bool {
 	return r.shutting
 }
 
-// Shutdown refuses new streams, terminates every open one with ErrShuttingDown (their
-// owners answer the frames in flight and close them with 1001), and waits until all
-// are finished or ctx ends. It stops the registry's loop.
+// Shutdown refuses new streams, terminates every open one with ErrShuttingDown
+// (each answers the frames it has read), and waits until all have ended and their
+// end is recorded, or ctx ends. It stops the registry's loop.
 func (r *Registry) Shutdown(ctx context.Context) error {
 	r.mu.Lock()
 	first := !r.shutting
@@ -282,10 +371,7 @@ func (r *Registry) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		r.polling.Wait()
-		r.ending.Wait()
-		for r.Len() > 0 {
-			time.Sleep(5 * time.Millisecond)
-		}
+		r.live.Wait()
 		close(done)
 	}()
 	select {
@@ -296,8 +382,8 @@ func (r *Registry) Shutdown(ctx context.Context) error {
 	}
 }
 
-// poll closes the streams of revoked keys and disabled users, and expires SSE
-// sessions without an event stream, every RevocationPoll.
+// poll closes the streams of revoked keys and disabled users, and expires streams
+// without a consumer, every RevocationPoll.
 func (r *Registry) poll() {
 	defer r.polling.Done()
 	t := time.NewTicker(r.limits.RevocationPoll)
@@ -342,16 +428,18 @@ func (r *Registry) checkRevoked() {
 	}
 }
 
-// expireIdle terminates unowned streams that have had no listener for IdleExpiry.
+// expireIdle terminates the streams that have had no consumer for their idle
+// limit, and forgets the ended streams no resume can still ask about.
 func (r *Registry) expireIdle() {
 	now := r.now()
 	r.mu.Lock()
 	var idle []*Stream
 	for _, s := range r.streams {
-		if ok, since := s.idle(); ok && now.Sub(since) >= r.limits.IdleExpiry {
+		if ok, since := s.unattended(); ok && now.Sub(since) >= s.idle {
 			idle = append(idle, s)
 		}
 	}
+	r.pruneGone(now.Add(-2 * r.limits.ResumeWindow))
 	r.mu.Unlock()
 	for _, s := range idle {
 		s.Terminate(ErrExpired)

@@ -1,20 +1,19 @@
 package session
 
-import (
-	"context"
-	"sync"
-)
+import "sync"
 
-// Replay is a Sink that keeps the last events of a stream for listeners that come and
-// go: an SSE event stream reads from it, and a reconnecting one resends what it
-// missed (Last-Event-ID). It never blocks the stream: a listener that falls more than
-// its capacity behind has lost events, and After says so. Safe for concurrent use.
+// Replay is the ring of a stream's last answers, in stream order, for consumers that
+// come and go: a WebSocket writer and SSE event streams read it from a cursor, and a
+// reconnecting one (Last-Event-ID, a resumed WebSocket) resends what it missed. It
+// never blocks the stream: a consumer that falls more than its capacity behind has
+// lost events, and After says so. Safe for concurrent use.
 type Replay struct {
-	mu     sync.Mutex // guards the fields below
-	buf    []Event    // ring of the last len(buf) events
-	n      int        // events ever sent
-	notify chan struct{}
-	ended  bool
+	mu      sync.Mutex // guards the fields below
+	buf     []Event    // ring of the last len(buf) events
+	n       int        // events ever sent
+	lastSeq int64      // the seq of the last frame answer sent
+	notify  chan struct{}
+	ended   bool
 }
 
 // NewReplay returns a Replay keeping the last n events.
@@ -23,16 +22,18 @@ func NewReplay(n int) *Replay {
 }
 
 // Send appends ev and wakes the listeners.
-func (r *Replay) Send(_ context.Context, ev Event) error {
+func (r *Replay) Send(ev Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.buf[r.n%len(r.buf)] = ev
 	r.n++
+	if ev.Kind.IsFrame() {
+		r.lastSeq = ev.Seq
+	}
 	if !r.ended {
 		close(r.notify)
 		r.notify = make(chan struct{})
 	}
-	return nil
 }
 
 // End wakes the listeners for good: After then reports ended once they have read all.
@@ -61,6 +62,27 @@ func (r *Replay) Since(seq int64) Cursor {
 		}
 	}
 	return Cursor(r.n)
+}
+
+// Resume returns the cursor just after the answer to frame lastSeq, for a consumer
+// that has every answer up to it; ok is false when the ring no longer holds the
+// answer to lastSeq+1, or lastSeq is beyond the answers sent. Answers not yet in
+// the ring are not missing: they come after the cursor.
+func (r *Replay) Resume(lastSeq int64) (c Cursor, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case lastSeq == r.lastSeq:
+		return Cursor(r.n), true
+	case lastSeq > r.lastSeq || lastSeq < 0:
+		return 0, false
+	}
+	for i := max(0, r.n-len(r.buf)); i < r.n; i++ {
+		if ev := r.buf[i%len(r.buf)]; ev.Kind.IsFrame() && ev.Seq == lastSeq+1 {
+			return Cursor(i), true
+		}
+	}
+	return 0, false
 }
 
 // Head returns the cursor after the newest event.

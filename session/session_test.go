@@ -24,7 +24,7 @@ func TestReplay(t *testing.T) {
 		t.Fatalf("empty: %v %v %v %v", evs, next, lost, ended)
 	}
 	for i := int64(1); i <= 5; i++ {
-		r.Send(context.Background(), Event{Kind: KindResult, Seq: i})
+		r.Send(Event{Kind: KindResult, Seq: i})
 	}
 	select {
 	case <-wait:
@@ -47,7 +47,7 @@ func TestReplay(t *testing.T) {
 		}
 	}
 	r.End()
-	r.Send(context.Background(), Event{Kind: KindResult, Seq: 6}) // after End: kept, no panic
+	r.Send(Event{Kind: KindResult, Seq: 6}) // after End: kept, no panic
 	evs, _, _, _, ended = r.After(next)
 	if len(evs) != 1 || ended {
 		t.Fatalf("the last event must be read before ended: %+v %v", evs, ended)
@@ -61,17 +61,32 @@ func TestReplay(t *testing.T) {
 // SQLite store in package transport's tests.
 type memStore struct {
 	mu      sync.Mutex
-	ended   map[string][3]int64
+	ended   map[string]storage.SessionEnd
 	invalid map[int64]bool
+	start   chan struct{} // if set, StartSession waits for it
 }
 
-func (m *memStore) StartSession(context.Context, *storage.Session) error { return nil }
-func (m *memStore) EndSession(_ context.Context, id string, _ time.Time, rcv, rej int64, code int) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.ended[id] = [3]int64{rcv, rej, int64(code)}
+func (m *memStore) StartSession(ctx context.Context, _ *storage.Session) error {
+	if m.start != nil {
+		<-m.start
+	}
 	return nil
 }
+
+func (m *memStore) EndSession(_ context.Context, id string, end storage.SessionEnd) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ended[id] = end
+	return nil
+}
+
+func (m *memStore) end(id string) (storage.SessionEnd, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.ended[id]
+	return e, ok
+}
+
 func (m *memStore) Invalid(_ context.Context, ids []int64) ([]int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -87,8 +102,9 @@ func (m *memStore) Invalid(_ context.Context, ids []int64) ([]int64, error) {
 // reorder is a classifier whose answers finish in an order the test chooses, the
 // case the real model (answering in about the order it is asked) cannot show.
 type reorder struct {
-	mu    sync.Mutex
-	gates map[byte]chan struct{}
+	mu      sync.Mutex
+	gates   map[byte]chan struct{}
+	started []byte
 }
 
 func (r *reorder) gate(b byte) chan struct{} {
@@ -100,16 +116,30 @@ func (r *reorder) gate(b byte) chan struct{} {
 	return r.gates[b]
 }
 
-func (r *reorder) Classify(ctx context.Context, img []byte, k int) (*infer.Result, error) {
-	select {
-	case <-r.gate(img[0]):
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if img[0] == 'x' {
-		return nil, fmt.Errorf("%w: test", infer.ErrInvalidImage)
-	}
-	return &infer.Result{Predictions: []infer.Prediction{{Label: string(img), Index: int(img[0])}}}, nil
+func (r *reorder) Submit(ctx context.Context, img []byte, k int, done func(*infer.Result, error)) error {
+	r.mu.Lock()
+	r.started = append(r.started, img[0])
+	r.mu.Unlock()
+	go func() { // the real model answers from its worker goroutines
+		select {
+		case <-r.gate(img[0]):
+		case <-ctx.Done():
+			done(nil, ctx.Err())
+			return
+		}
+		if img[0] == 'x' {
+			done(nil, fmt.Errorf("%w: test", infer.ErrInvalidImage))
+			return
+		}
+		done(&infer.Result{Predictions: []infer.Prediction{{Label: string(img), Index: int(img[0])}}}, nil)
+	}()
+	return nil
+}
+
+func (r *reorder) startedImages() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return string(r.started)
 }
 
 func (r *reorder) Info() infer.ModelInfo { return infer.ModelInfo{Name: "test"} }
@@ -119,10 +149,11 @@ type memLog struct {
 	rows []*storage.InferenceLog
 }
 
-func (l *memLog) Write(_ context.Context, row *storage.InferenceLog) error {
+func (l *memLog) WriteAsync(_ context.Context, row *storage.InferenceLog, done func(error)) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.rows = append(l.rows, row)
+	l.mu.Unlock()
+	done(nil)
 	return nil
 }
 
@@ -144,19 +175,8 @@ func waitFor(t testing.TB, cond func() bool) {
 	}
 }
 
-type chanSink chan Event
-
-func (c chanSink) Send(ctx context.Context, ev Event) error {
-	select {
-	case c <- ev:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 func newTestRegistry(t *testing.T, cls Classifier, lim Limits) (*Registry, *memStore, *memLog) {
-	store := &memStore{ended: map[string][3]int64{}, invalid: map[int64]bool{}}
+	store := &memStore{ended: map[string]storage.SessionEnd{}, invalid: map[int64]bool{}}
 	log := &memLog{}
 	lim.RevocationPoll = 20 * time.Millisecond
 	r := NewRegistry(RegistryConfig{
@@ -164,6 +184,9 @@ func newTestRegistry(t *testing.T, cls Classifier, lim Limits) (*Registry, *memS
 		Store:    store,
 		Limits:   lim,
 		CodeOf:   func(err error) (int, string) { return 400, "invalid_image" },
+		CloseCode: func(_ string, cause error) int {
+			return map[error]int{ErrRevoked: 4401, ErrShuttingDown: 1001, ErrClosed: 1000}[cause]
+		},
 	})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -180,13 +203,33 @@ func principal(fps, maxConn int) *storage.Principal {
 	}
 }
 
-// TestAnswersInArrivalOrder finishes frames in reverse order: the sink still gets
+// answers reads n events from the stream's ring, waiting for each.
+func answers(t *testing.T, st *Stream, n int) []Event {
+	t.Helper()
+	var out []Event
+	c := st.Replay().Since(-1)
+	deadline := time.After(10 * time.Second)
+	for len(out) < n {
+		evs, next, wait, _, ended := st.Replay().After(c)
+		out, c = append(out, evs...), next
+		if len(out) >= n || ended {
+			break
+		}
+		select {
+		case <-wait:
+		case <-deadline:
+			t.Fatalf("%d answers in 10 s, want %d: %+v", len(out), n, out)
+		}
+	}
+	return out
+}
+
+// TestAnswersInArrivalOrder finishes frames in reverse order: the ring still gets
 // them in the order they arrived.
 func TestAnswersInArrivalOrder(t *testing.T) {
 	cls := &reorder{gates: map[byte]chan struct{}{}}
 	reg, store, log := newTestRegistry(t, cls, Limits{MaxInFlight: 4})
-	sink := make(chanSink, 16)
-	st, err := reg.Open(context.Background(), OpenParams{Principal: principal(100, 4), Transport: "ws", Sink: sink, Owned: true})
+	st, err := reg.Open(context.Background(), OpenParams{Principal: principal(100, 4), Transport: "ws", Kick: func() {}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,13 +243,13 @@ func TestAnswersInArrivalOrder(t *testing.T) {
 		close(cls.gate(b))
 		waitFor(t, func() bool { return log.len() == i+1 })
 	}
-	// Three later frames are done; the first is not: nothing may have been sent.
-	if len(sink) != 0 {
-		t.Fatalf("%d answers sent before the first frame's", len(sink))
+	// Three later frames are done; the first is not: nothing may be in the ring.
+	if h := st.Replay().Head(); h != 0 {
+		t.Fatalf("%d answers in the ring before the first frame's", h)
 	}
 	close(cls.gate('a'))
-	for i, want := range []string{"a", "b", "x", "d"} {
-		ev := <-sink
+	for i, ev := range answers(t, st, 4) {
+		want := string("abxd"[i])
 		if ev.ID != want || ev.Seq != int64(i+1) {
 			t.Fatalf("answer %d: id %v seq %d, want %s", i, ev.ID, ev.Seq, want)
 		}
@@ -214,12 +257,128 @@ func TestAnswersInArrivalOrder(t *testing.T) {
 			t.Fatalf("answer %d: %+v", i, ev)
 		}
 	}
-	st.Finish(context.Background(), 1000)
-	if got := store.ended[st.ID]; got != [3]int64{4, 0, 1000} {
-		t.Fatalf("session end %v", got)
+	st.Terminate(ErrClosed)
+	<-st.Ended()
+	waitFor(t, func() bool { _, ok := store.end(st.ID); return ok })
+	if got, _ := store.end(st.ID); got.Received != 4 || got.Rejected != 0 || got.CloseCode != 1000 {
+		t.Fatalf("session end %+v", got)
 	}
-	if len(log.rows) != 4 {
-		t.Fatalf("%d log rows", len(log.rows))
+	if log.len() != 4 {
+		t.Fatalf("%d log rows", log.len())
+	}
+}
+
+// TestLatest: in latest mode one frame runs, one waits, and a newer frame takes the
+// waiting one's place, which is answered skipped in its own place in the order.
+func TestLatest(t *testing.T) {
+	cls := &reorder{gates: map[byte]chan struct{}{}}
+	reg, store, log := newTestRegistry(t, cls, Limits{})
+	latest := Latest
+	st, err := reg.Open(context.Background(), OpenParams{Principal: principal(100, 4), Transport: "ws", Kick: func() {},
+		Settings: Update{Mode: &latest}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []byte("abcd") {
+		if _, lim, err := st.Submit(context.Background(), Frame{ID: string(b), Image: []byte{b}}); err != nil || lim != nil {
+			t.Fatal(err, lim)
+		}
+	}
+	if got := cls.startedImages(); got != "a" {
+		t.Fatalf("started %q while a runs, want only a", got)
+	}
+	close(cls.gate('a'))
+	close(cls.gate('d'))
+	evs := answers(t, st, 4)
+	want := []struct {
+		kind EventKind
+		by   int64
+	}{{KindResult, 0}, {KindSkipped, 3}, {KindSkipped, 4}, {KindResult, 0}}
+	for i, w := range want {
+		if evs[i].Seq != int64(i+1) || evs[i].Kind != w.kind || evs[i].SupersededBy != w.by {
+			t.Fatalf("answer %d: %+v, want kind %d superseded by %d", i, evs[i], w.kind, w.by)
+		}
+	}
+	if got := cls.startedImages(); got != "ad" {
+		t.Fatalf("the model got %q, want ad", got)
+	}
+	if _, _, skipped := st.Counts(); skipped != 2 || log.len() != 2 {
+		t.Fatalf("%d skipped, %d log rows; want 2 and 2", skipped, log.len())
+	}
+	st.Terminate(ErrClosed)
+	<-st.Ended()
+	waitFor(t, func() bool { _, ok := store.end(st.ID); return ok })
+	if got, _ := store.end(st.ID); got.Skipped != 2 || got.Received != 4 {
+		t.Fatalf("session end %+v", got)
+	}
+}
+
+// TestLatestWaitsForTheWindow: a latest-mode frame over the limit waits for the
+// window instead of being refused.
+func TestLatestWaitsForTheWindow(t *testing.T) {
+	cls := &reorder{gates: map[byte]chan struct{}{'a': closed(), 'b': closed()}}
+	reg, _, _ := newTestRegistry(t, cls, Limits{Window: 300 * time.Millisecond})
+	latest := Latest
+	st, err := reg.Open(context.Background(), OpenParams{Principal: principal(1, 4), Transport: "ws", Kick: func() {},
+		Settings: Update{Mode: &latest}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []byte("ab") {
+		if _, lim, err := st.Submit(context.Background(), Frame{Image: []byte{b}}); err != nil || lim != nil {
+			t.Fatal(err, lim)
+		}
+	}
+	evs := answers(t, st, 2)
+	if evs[0].Kind != KindResult || evs[1].Kind != KindResult {
+		t.Fatalf("answers %+v, want two results", evs)
+	}
+	if _, rejected, _ := st.Counts(); rejected != 0 {
+		t.Fatalf("%d rejected", rejected)
+	}
+}
+
+func closed() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// TestUpdateInOrder: an update is answered after the frames sent before it, and
+// applies to the frames after it; a refused one changes nothing.
+func TestUpdateInOrder(t *testing.T) {
+	cls := &reorder{gates: map[byte]chan struct{}{'b': closed()}}
+	reg, _, _ := newTestRegistry(t, cls, Limits{})
+	st, err := reg.Open(context.Background(), OpenParams{Principal: principal(10, 4), Transport: "ws", Kick: func() {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Submit(context.Background(), Frame{Image: []byte("a")})
+	k, fps := 2, 4
+	if _, err := st.Update(context.Background(), Update{TopK: &k, FPS: &fps}); err != nil {
+		t.Fatal(err)
+	}
+	tooFast := 11
+	if _, err := st.Update(context.Background(), Update{FPS: &tooFast}); !errors.Is(err, ErrSettings) {
+		t.Fatalf("fps above the user's: %v", err)
+	}
+	st.Submit(context.Background(), Frame{Image: []byte("b")})
+	if h := st.Replay().Head(); h != 0 {
+		t.Fatalf("%d events before the first frame's answer", h)
+	}
+	close(cls.gate('a'))
+	evs := answers(t, st, 4)
+	kinds := []EventKind{KindResult, KindUpdated, KindUpdateError, KindResult}
+	for i, k := range kinds {
+		if evs[i].Kind != k {
+			t.Fatalf("event %d: %+v, want kind %d", i, evs[i], k)
+		}
+	}
+	if s := evs[1].Settings; s.TopK != 2 || s.FPS != 4 || s.Mode != Ordered {
+		t.Fatalf("updated to %+v", s)
+	}
+	if s := st.Settings(); s.FPS != 4 {
+		t.Fatalf("a refused update changed the settings: %+v", s)
 	}
 }
 
@@ -229,13 +388,13 @@ func TestRegistryCapAndRevocation(t *testing.T) {
 	p := principal(10, 2)
 	var streams []*Stream
 	for i := 0; i < 2; i++ {
-		st, err := reg.Open(context.Background(), OpenParams{Principal: p, Transport: "sse", Sink: NewReplay(4)})
+		st, err := reg.Open(context.Background(), OpenParams{Principal: p, Transport: "sse"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		streams = append(streams, st)
 	}
-	if _, err := reg.Open(context.Background(), OpenParams{Principal: p, Transport: "ws", Sink: make(chanSink), Owned: true}); !errors.Is(err, ErrTooManyStreams) {
+	if _, err := reg.Open(context.Background(), OpenParams{Principal: p, Transport: "ws", Kick: func() {}}); !errors.Is(err, ErrTooManyStreams) {
 		t.Fatalf("third: %v", err)
 	}
 	if err := reg.CanOpen(p); !errors.Is(err, ErrTooManyStreams) {
@@ -246,29 +405,79 @@ func TestRegistryCapAndRevocation(t *testing.T) {
 	store.mu.Unlock()
 	for _, st := range streams {
 		select {
-		case <-st.Context().Done():
+		case <-st.Ended():
 		case <-time.After(2 * time.Second):
-			t.Fatal("a revoked stream was not terminated")
+			t.Fatal("a revoked stream was not ended")
 		}
 		if !errors.Is(st.Err(), ErrRevoked) {
 			t.Fatalf("cause %v", st.Err())
 		}
 	}
-	// Unowned streams are finished by the registry itself, with 4401.
 	waitFor(t, func() bool { return reg.Len() == 0 })
-	store.mu.Lock()
-	defer store.mu.Unlock()
 	for _, st := range streams {
-		if store.ended[st.ID][2] != 4401 {
-			t.Fatalf("session %s ended %v", st.ID, store.ended[st.ID])
+		waitFor(t, func() bool { e, _ := store.end(st.ID); return e.CloseCode == 4401 })
+	}
+}
+
+// TestResume: a dropped WebSocket stream waits for its resume window, holding its
+// place; a resume finds it, or says why not.
+func TestResume(t *testing.T) {
+	cls := &reorder{gates: map[byte]chan struct{}{'a': closed(), 'b': closed()}}
+	reg, _, _ := newTestRegistry(t, cls, Limits{ResumeWindow: 300 * time.Millisecond, Replay: 2})
+	p := principal(10, 1)
+	st, err := reg.Open(context.Background(), OpenParams{Principal: p, Transport: "ws", Kick: func() {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Submit(context.Background(), Frame{Image: []byte("a")})
+	st.Submit(context.Background(), Frame{Image: []byte("b")})
+	answers(t, st, 2)
+	st.Detach(1)
+	if _, err := reg.Open(context.Background(), OpenParams{Principal: p, Transport: "ws", Kick: func() {}}); !errors.Is(err, ErrTooManyStreams) {
+		t.Fatalf("a waiting stream must hold its place: %v", err)
+	}
+	for _, tc := range []struct {
+		id   string
+		user int64
+		last int64
+		want error
+	}{
+		{"nope", 1, 0, ResumeNotFound},
+		{st.ID, 2, 0, ResumeNotFound},
+		{st.ID, 1, 3, ResumeGap},
+		{st.ID, 1, 1, nil},
+		{st.ID, 0, 2, nil},
+	} {
+		got, c, err := reg.Resume(tc.id, tc.user, tc.last)
+		if err != tc.want {
+			t.Errorf("Resume(%s, user %d, last %d) = %v, want %v", tc.id, tc.user, tc.last, err, tc.want)
+			continue
 		}
+		if err == nil {
+			if evs, _, _, _, _ := got.Replay().After(c); len(evs) != int(2-tc.last) {
+				t.Errorf("after last_seq %d: %+v", tc.last, evs)
+			}
+		}
+	}
+	// Nobody resumed: it expires, and a late resume says so.
+	select {
+	case <-st.Ended():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a detached stream did not expire")
+	}
+	if !errors.Is(st.Err(), ErrExpired) {
+		t.Fatalf("cause %v", st.Err())
+	}
+	waitFor(t, func() bool { return reg.Len() == 0 })
+	if _, _, err := reg.Resume(st.ID, 1, 2); err != ResumeExpired {
+		t.Fatalf("late resume: %v", err)
 	}
 }
 
 func TestSubmitAfterTerminate(t *testing.T) {
 	cls := &reorder{gates: map[byte]chan struct{}{}}
 	reg, _, _ := newTestRegistry(t, cls, Limits{})
-	st, err := reg.Open(context.Background(), OpenParams{Principal: principal(10, 4), Transport: "ws", Sink: make(chanSink, 4), Owned: true})
+	st, err := reg.Open(context.Background(), OpenParams{Principal: principal(10, 4), Transport: "ws", Kick: func() {}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,9 +485,41 @@ func TestSubmitAfterTerminate(t *testing.T) {
 	if _, _, err := st.Submit(context.Background(), Frame{Image: []byte("a")}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("submit after terminate: %v", err)
 	}
-	st.Finish(context.Background(), CloseCode(st.Err()))
-	if CloseCode(ErrShuttingDown) != 1001 || CloseCode(ErrRevoked) != 4401 || CloseCode(nil) != 1000 {
-		t.Fatal("close codes")
+	<-st.Ended()
+}
+
+// TestShutdownDuringOpen: a stream admitted while Shutdown runs is terminated and
+// waited for; Shutdown does not return while its Open still writes its row.
+func TestShutdownDuringOpen(t *testing.T) {
+	cls := &reorder{gates: map[byte]chan struct{}{}}
+	reg, store, _ := newTestRegistry(t, cls, Limits{})
+	store.start = make(chan struct{})
+	opened := make(chan *Stream)
+	go func() {
+		st, err := reg.Open(context.Background(), OpenParams{Principal: principal(10, 4), Transport: "ws", Kick: func() {}})
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- st
+	}()
+	waitFor(t, func() bool { return reg.Len() == 1 })
+	shut := make(chan error)
+	go func() { shut <- reg.Shutdown(context.Background()) }()
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) while a stream was being opened", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(store.start)
+	st := <-opened
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(st.Err(), ErrShuttingDown) {
+		t.Fatalf("cause %v", st.Err())
+	}
+	if e, ok := store.end(st.ID); !ok || e.CloseCode != 1001 {
+		t.Fatalf("end %+v %v", e, ok)
 	}
 }
 
@@ -289,8 +530,9 @@ type slowLog struct {
 	d   time.Duration
 }
 
-func (l slowLog) Write(context.Context, *storage.InferenceLog) error {
+func (l slowLog) WriteAsync(_ context.Context, _ *storage.InferenceLog, done func(error)) error {
 	*l.now = l.now.Add(l.d)
+	done(nil)
 	return nil
 }
 
@@ -300,9 +542,10 @@ type classified struct {
 	d   time.Duration
 }
 
-func (c classified) Classify(context.Context, []byte, int) (*infer.Result, error) {
+func (c classified) Submit(_ context.Context, _ []byte, _ int, done func(*infer.Result, error)) error {
 	*c.now = c.now.Add(c.d)
-	return &infer.Result{Predictions: []infer.Prediction{{Label: "a"}}, InferenceMS: 1}, nil
+	done(&infer.Result{Predictions: []infer.Prediction{{Label: "a"}}, InferenceMS: 1}, nil)
+	return nil
 }
 
 func (classified) Info() infer.ModelInfo { return infer.ModelInfo{Name: "test"} }

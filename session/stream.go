@@ -21,12 +21,13 @@ var (
 	ErrShuttingDown = errors.New("session: server shutting down")
 	// ErrRevoked ends the streams of a revoked key or a disabled user.
 	ErrRevoked = errors.New("session: API key revoked or user disabled")
-	// ErrExpired ends an SSE session nobody listened to for Limits.IdleExpiry.
+	// ErrExpired ends a stream that had no consumer (an SSE event stream, a
+	// WebSocket) for its idle limit.
 	ErrExpired = errors.New("session: expired")
 	// ErrClosed: the stream has ended and takes no more frames.
 	ErrClosed = errors.New("session: stream closed")
-	// ErrSinkFailed ends a stream whose client could not be written to in time.
-	ErrSinkFailed = errors.New("session: client not reading")
+	// ErrSettings wraps a settings update that is out of range; it changes nothing.
+	ErrSettings = errors.New("session: invalid settings")
 )
 
 // LimitedError answers a frame over the stream's limit; it is not inferred.
@@ -40,11 +41,39 @@ func (e *LimitedError) Error() string {
 	return fmt.Sprintf("more than %d frames in %v; retry after %d ms", e.Limit, e.Window, e.RetryAfter.Milliseconds())
 }
 
+// Mode is how a stream treats frames that arrive faster than they are answered.
+type Mode string
+
+const (
+	// Ordered answers every frame in order; frames over the limit are refused.
+	Ordered Mode = "ordered"
+	// Latest keeps at most one frame waiting: a newer frame supersedes it, and a
+	// frame over the limit waits until the window admits it.
+	Latest Mode = "latest"
+)
+
+// Settings are a stream's settings in force.
+type Settings struct {
+	Mode Mode
+	TopK int // of frames that do not give their own
+	FPS  int // frames admitted per Limits.Window, at most the user's
+}
+
+// Update changes some settings; nil fields keep theirs.
+type Update struct {
+	Mode *Mode
+	TopK *int
+	FPS  *int
+	// Refused, when set, is why the caller refused the update: it is answered
+	// with this error in its place in the order, and changes nothing.
+	Refused error
+}
+
 // Frame is one image a client sent on a stream.
 type Frame struct {
 	ID    any // echoed in the answer as sent; opaque here
 	Image []byte
-	TopK  int
+	TopK  int // 0 = the stream's setting
 	// Err, when set, is why the frame could not be read (bad JSON, bad base64): it is
 	// answered with this error in its place in the order, and logged.
 	Err   error
@@ -58,10 +87,14 @@ type Frame struct {
 // Event is one message for the client, in stream order.
 type Event struct {
 	Kind   EventKind
-	ID     any   // the frame's id, for results and errors
-	Seq    int64 // the frame's sequence number; 0 for pong
+	ID     any   // the frame's id, for results, errors and skips
+	Seq    int64 // the frame's sequence number; 0 for the kinds that are not frames
 	Result *infer.Result
-	Err    error // for KindError: LimitedError, infer errors, ...
+	Err    error // for KindError: LimitedError, infer errors, ...; for KindUpdateError
+	// SupersededBy is the seq of the frame that took a skipped frame's place.
+	SupersededBy int64
+	// Settings are those in force after a KindUpdated.
+	Settings Settings
 	// Latency is from reading the frame to its answer being ready.
 	Latency   time.Duration
 	Inference time.Duration
@@ -75,54 +108,72 @@ const (
 	KindResult EventKind = iota + 1
 	KindError
 	KindPong
+	KindSkipped     // a latest-mode frame superseded before the model took it
+	KindUpdated     // the settings changed
+	KindUpdateError // a settings update was refused; nothing changed
 )
 
-// Sink receives a stream's events, one call at a time, in order. Send returning an
-// error ends the stream with ErrSinkFailed.
-type Sink interface {
-	Send(ctx context.Context, ev Event) error
+// IsFrame reports whether the event answers a frame (and has a seq).
+func (k EventKind) IsFrame() bool { return k == KindResult || k == KindError || k == KindSkipped }
+
+// entry is one place in a stream's answer order: a frame, a pong or an update.
+type entry struct {
+	ev    Event
+	done  bool
+	frame *Frame // a latest-mode frame not yet handed to the model
+	slot  bool   // holds one of the stream's MaxInFlight places
 }
 
-// Stream is one client's stream of frames. Submit is safe for concurrent use; frames
-// are numbered in the order Submit takes them.
+// Stream is one client's stream of frames, whatever carries it. Frames are numbered
+// in the order Submit takes them; their answers are filled in by the model's and the
+// log writer's callbacks, with no goroutine per frame, and enter the stream's Replay
+// ring in that order. Consumers (a WebSocket writer, SSE event streams) read the ring
+// from a cursor. Safe for concurrent use.
 type Stream struct {
 	ID        string
 	Principal *storage.Principal
 	Transport string
 	Started   time.Time
+	// Secret is what the transport set at Open to authenticate later requests for the
+	// stream (the hash of a session or resume token); opaque here.
+	Secret [32]byte
 
-	reg      *Registry
-	limits   Limits
-	sink     Sink
-	ctx      context.Context // ends when the stream is terminated
-	cancel   context.CancelCauseFunc
-	slots    chan struct{}  // one token per frame admitted and not yet answered
-	answers  chan *pending  // answers in frame order, for the sender
-	workers  sync.WaitGroup // frames being processed
-	sent     chan struct{}  // closed when the sender has stopped
-	onFinish func()
+	reg     *Registry
+	limits  Limits
+	ring    *Replay
+	ctx     context.Context // ends when the stream is terminated
+	cancel  context.CancelCauseFunc
+	ended   chan struct{} // closed once the last answer is in the ring
+	opened  chan struct{} // closed when Open has recorded the stream, or failed to
+	openErr error         // why Open failed; set before opened is closed
+	idle    time.Duration // how long it may go without a consumer
 
-	mu       sync.Mutex // guards the fields below
+	mu       sync.Mutex    // guards the fields below
+	freed    chan struct{} // closed and replaced when room is made; see admit
+	settings Settings
+	maxFPS   int
 	limiter  *ratelimit.Window
 	seq      int64
+	order    []*entry // answers not yet in the ring, oldest first
+	inFlight int      // entries holding a slot
+	held     *entry   // latest mode: the one frame waiting
+	running  *entry   // latest mode: the frame handed to the model
+	timer    bool     // a limiter wait for held is armed
+	closing  bool     // terminated: no more frames
+	finished bool
 	received int64
 	rejected int64
-	closed   bool // no more Submit
-	finished bool // Finish has run
-	// Unowned (SSE) streams expire after IdleExpiry without a listener.
-	unowned   bool
+	skipped  int64
+	// Consumers: the generation of the attached owner (a WebSocket), its kick, and
+	// the listeners (SSE event streams).
+	owner     uint64
+	kick      func()
 	listeners int
-	lastUse   time.Time // when the last listener left, or the stream opened
-}
-
-// pending is a frame's place in the answer order; ev is ready once done is closed.
-type pending struct {
-	ev   Event
-	done chan struct{}
+	lastUse   time.Time // when the last consumer left, or the stream opened
 }
 
 // Context ends when the stream is terminated: revoked, shut down, expired, or its
-// sink failed. context.Cause tells which.
+// client failed. context.Cause tells which.
 func (s *Stream) Context() context.Context { return s.ctx }
 
 // Err returns why the stream was terminated, or nil while it runs.
@@ -133,64 +184,35 @@ func (s *Stream) Err() error {
 	return context.Cause(s.ctx)
 }
 
-// Limit returns the stream's frame limit per window.
-func (s *Stream) Limit() int { return s.Principal.User.FramesPerSecond }
+// Ended is closed once the stream has been terminated and its last answer is in the
+// ring.
+func (s *Stream) Ended() <-chan struct{} { return s.ended }
 
-// Counts returns the frames received and rejected by the limiter so far.
-func (s *Stream) Counts() (received, rejected int64) {
+// Replay returns the stream's ring of answers.
+func (s *Stream) Replay() *Replay { return s.ring }
+
+// Settings returns the settings in force.
+func (s *Stream) Settings() Settings {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.received, s.rejected
+	return s.settings
 }
 
-// Submit takes one frame: it waits (bounded by ctx and the stream's life) until fewer
-// than MaxInFlight frames are unanswered, numbers the frame, and either queues its
-// rate_limited answer or starts its inference. It returns the frame's seq and, for a
-// frame over the limit, the LimitedError it is answered with. Its answer reaches the
-// Sink after every earlier frame's.
-func (s *Stream) Submit(ctx context.Context, f Frame) (int64, *LimitedError, error) {
-	if f.Start.IsZero() {
-		f.Start = s.reg.now()
-	}
-	select {
-	case s.slots <- struct{}{}:
-	case <-ctx.Done():
-		return 0, nil, ctx.Err()
-	case <-s.ctx.Done():
-		return 0, nil, ErrClosed
-	}
-	s.mu.Lock()
-	if s.closed || s.ctx.Err() != nil {
-		s.mu.Unlock()
-		<-s.slots
-		return 0, nil, ErrClosed
-	}
-	s.seq++
-	seq := s.seq
-	s.received++
-	d := s.limiter.Allow(f.Start)
-	if !d.Allowed {
-		s.rejected++
-	}
-	p := &pending{ev: Event{ID: f.ID, Seq: seq}, done: make(chan struct{})}
-	// Queue under the lock so that the answer order is the seq order. The channel
-	// holds MaxInFlight, as many as there are slots, so this never blocks.
-	s.answers <- p
-	if d.Allowed {
-		s.workers.Add(1)
-	}
-	s.mu.Unlock()
+// MaxFPS returns the user's frames per window, the most Settings.FPS can be.
+func (s *Stream) MaxFPS() int { return s.maxFPS }
 
-	if !d.Allowed {
-		lim := &LimitedError{Limit: d.Limit, Window: s.limits.Window, RetryAfter: d.RetryAfter}
-		p.ev.Kind, p.ev.Err = KindError, lim
-		p.ev.Latency = s.reg.now().Sub(f.Start)
-		s.reg.hooks.rejected(s.Transport)
-		close(p.done)
-		return seq, lim, nil
-	}
-	go s.process(p, f)
-	return seq, nil, nil
+// Seq returns the seq of the last frame numbered.
+func (s *Stream) Seq() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq
+}
+
+// Counts returns the frames received, rejected by the limiter and skipped so far.
+func (s *Stream) Counts() (received, rejected, skipped int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.received, s.rejected, s.skipped
 }
 
 // Peek returns the state of the stream's limiter at now, without taking a slot.
@@ -200,160 +222,363 @@ func (s *Stream) Peek(now time.Time) ratelimit.Decision {
 	return s.limiter.Peek(now)
 }
 
-// Ping queues a pong in the answer order.
-func (s *Stream) Ping(ctx context.Context) error {
-	select {
-	case s.slots <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.ctx.Done():
-		return ErrClosed
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || s.ctx.Err() != nil {
-		<-s.slots
-		return ErrClosed
-	}
-	p := &pending{ev: Event{Kind: KindPong}, done: make(chan struct{})}
-	close(p.done)
-	s.answers <- p
-	return nil
-}
-
-func (s *Stream) process(p *pending, f Frame) {
-	defer s.workers.Done()
-	defer close(p.done)
-	// The frame runs on its own context: a terminated stream still answers the
-	// frames it admitted (shutdown drains them), bounded by FrameTimeout.
-	ctx, cancel := context.WithTimeout(context.Background(), s.limits.FrameTimeout)
-	defer cancel()
-	out := s.reg.pipeline.Run(ctx, &Request{
-		Principal:  s.Principal,
-		Transport:  s.Transport,
-		APIVersion: "v1",
-		SessionID:  s.ID,
-		Seq:        p.ev.Seq,
-		Image:      f.Image,
-		TopK:       f.TopK,
-		Start:      f.Start,
-		Err:        f.Err,
-	}, s.reg.codeOf)
-	p.ev.Latency, p.ev.Inference, p.ev.Log = out.Latency, out.Inference, out.Log
-	if out.Err != nil {
-		if out.Status == 500 || errors.Is(out.Err, ErrLog) {
-			s.logFailure(p, f, out.Err)
-		}
-		p.ev.Kind, p.ev.Err = KindError, out.Err
-		return
-	}
-	p.ev.Kind, p.ev.Result = KindResult, out.Result
-}
-
-// logFailure logs a frame that failed for a reason of the server's own: its error maps
-// to status 500 (a model run that failed, say), or its log row did not commit. The
-// client gets only the code "internal"; this line is how an operator finds out why.
-// It never holds the key or the image.
-func (s *Stream) logFailure(p *pending, f Frame, err error) {
-	s.reg.log.Error("stream frame failed",
-		"session_id", s.ID, "seq", p.ev.Seq, "transport", s.Transport,
-		"frame_id", f.ID, "request_id", f.RequestID, "err", err)
-}
-
-// send delivers answers in order until the answers channel is closed. It owns the
-// Sink: nothing else calls Send.
-func (s *Stream) send() {
-	defer close(s.sent)
-	failed := false
-	for p := range s.answers {
-		<-p.done
-		if !failed {
-			if p.ev.Kind != KindPong {
-				s.reg.hooks.answered(s.Transport, p.ev)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), s.limits.WriteTimeout)
-			err := s.sink.Send(ctx, p.ev)
-			cancel()
-			if err != nil {
-				failed = true
-				s.cancel(fmt.Errorf("%w: %w", ErrSinkFailed, err))
-			}
-		}
-		<-s.slots
-	}
-}
-
-// Terminate ends the stream with cause: Context is done, Submit refuses new frames.
-// Frames already admitted are still answered; call Drain to wait for them.
-func (s *Stream) Terminate(cause error) {
-	s.cancel(cause)
-}
-
-// Drain stops taking frames and waits until every admitted frame has been answered
-// to the sink (or the sink failed), or ctx ends.
-func (s *Stream) Drain(ctx context.Context) error {
-	s.stop()
-	select {
-	case <-s.sent:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// stop closes the answer queue once, after the last Submit.
-func (s *Stream) stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return
-	}
-	s.closed = true
-	go func() {
-		// Workers finish on their own (FrameTimeout bounds them); the sender goroutine
-		// ends when the channel closes after them.
-		s.workers.Wait()
-		close(s.answers)
-	}()
-}
-
-// Finish records the stream's end with closeCode in its sessions row and removes it
-// from the registry. It drains first (bounded by ctx). Idempotent.
-func (s *Stream) Finish(ctx context.Context, closeCode int) {
-	s.Drain(ctx)
-	s.mu.Lock()
-	if s.finished {
-		s.mu.Unlock()
-		return
-	}
-	s.finished = true
-	received, rejected := s.received, s.rejected
-	s.mu.Unlock()
-	s.cancel(ErrClosed)
-	s.reg.remove(s, received, rejected, closeCode)
-}
-
-// Listen marks a listener (an SSE event stream) attached until the returned function
-// is called; a stream with no listener for Limits.IdleExpiry expires.
-func (s *Stream) Listen() (leave func()) {
-	s.mu.Lock()
-	s.listeners++
-	s.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			s.mu.Lock()
-			s.listeners--
-			s.lastUse = s.reg.now()
+// admit waits until the stream may take one more entry: in ordered mode while
+// MaxInFlight frames are unanswered, in any mode while the order is as long as the
+// ring (a client far behind). It returns with s.mu held, or an error without it.
+func (s *Stream) admit(ctx context.Context, frame bool) error {
+	for {
+		s.mu.Lock()
+		if s.closing {
 			s.mu.Unlock()
+			return ErrClosed
+		}
+		full := len(s.order) >= s.limits.Replay ||
+			(frame && s.settings.Mode == Ordered && s.inFlight >= s.limits.MaxInFlight)
+		if !full {
+			return nil
+		}
+		wait := s.freed
+		s.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.ctx.Done():
+			return ErrClosed
+		}
+	}
+}
+
+// Submit takes one frame: it waits (bounded by ctx and the stream's life) for room,
+// numbers the frame, and either answers it at once (rate_limited in ordered mode),
+// starts its inference, or, in latest mode, keeps it as the one waiting frame. It
+// returns the frame's seq and, for a frame refused by the limiter, the LimitedError
+// it is answered with. Its answer enters the ring after every earlier one's.
+func (s *Stream) Submit(ctx context.Context, f Frame) (int64, *LimitedError, error) {
+	if f.Start.IsZero() {
+		f.Start = s.reg.now()
+	}
+	if err := s.admit(ctx, true); err != nil {
+		return 0, nil, err
+	}
+	s.seq++
+	s.received++
+	if f.TopK <= 0 {
+		f.TopK = s.settings.TopK
+	}
+	e := &entry{ev: Event{ID: f.ID, Seq: s.seq}}
+	s.order = append(s.order, e)
+	var start []*entry
+	var lim *LimitedError
+	switch {
+	case f.Err != nil:
+		// Answered with its error, and logged, in order; it supersedes nothing.
+		e.slot = true
+		s.inFlight++
+		start = append(start, e)
+		e.frame = &f
+	case s.settings.Mode == Latest:
+		e.frame = &f
+		if old := s.held; old != nil {
+			s.skip(old, e.ev.Seq)
+		}
+		s.held = e
+		start = s.schedule(start)
+	default:
+		d := s.limiter.Allow(f.Start)
+		if !d.Allowed {
+			s.rejected++
+			lim = &LimitedError{Limit: d.Limit, Window: s.limits.Window, RetryAfter: d.RetryAfter}
+			e.ev.Kind, e.ev.Err = KindError, lim
+			e.ev.Latency = s.reg.now().Sub(f.Start)
+			e.done = true
+			s.reg.hooks.rejected(s.Transport)
+			break
+		}
+		e.slot, e.frame = true, &f
+		s.inFlight++
+		start = append(start, e)
+	}
+	seq := e.ev.Seq
+	s.advance()
+	s.mu.Unlock()
+	s.start(start)
+	return seq, lim, nil
+}
+
+// skip answers a waiting latest-mode frame as superseded by seq; s.mu is held.
+func (s *Stream) skip(e *entry, by int64) {
+	e.ev.Kind, e.ev.SupersededBy = KindSkipped, by
+	e.ev.Latency = s.reg.now().Sub(e.frame.Start)
+	e.frame, e.done = nil, true
+	s.skipped++
+}
+
+// schedule hands the waiting latest-mode frame to the model when nothing of the
+// stream's is there and the limiter admits it, or arms a timer for when it will;
+// s.mu is held. Frames to start are appended to start, to be started without the
+// lock.
+func (s *Stream) schedule(start []*entry) []*entry {
+	e := s.held
+	if e == nil || s.running != nil || s.timer {
+		return start
+	}
+	if !s.closing {
+		// A terminated stream answers its waiting frame without waiting for the
+		// window: it is one frame, and the close should not wait a window for it.
+		d := s.limiter.Allow(s.reg.now())
+		if !d.Allowed {
+			s.timer = true
+			time.AfterFunc(max(d.RetryAfter, time.Millisecond), s.wake)
+			return start
+		}
+	}
+	s.held, s.running = nil, e
+	return append(start, e)
+}
+
+// wake runs when the limiter may admit the waiting frame.
+func (s *Stream) wake() {
+	s.mu.Lock()
+	s.timer = false
+	start := s.schedule(nil)
+	s.mu.Unlock()
+	s.start(start)
+}
+
+// start runs the frames of entries through the pipeline; s.mu must not be held, as
+// the pipeline may answer at once.
+func (s *Stream) start(entries []*entry) {
+	for _, e := range entries {
+		f := e.frame
+		// The frame runs on its own context: a terminated stream still answers the
+		// frames it admitted (shutdown drains them), bounded by FrameTimeout.
+		ctx, cancel := context.WithTimeout(context.Background(), s.limits.FrameTimeout)
+		s.reg.pipeline.Start(ctx, &Request{
+			Principal:  s.Principal,
+			Transport:  s.Transport,
+			APIVersion: "v1",
+			SessionID:  s.ID,
+			Seq:        e.ev.Seq,
+			Image:      f.Image,
+			TopK:       f.TopK,
+			Start:      f.Start,
+			Err:        f.Err,
+		}, s.reg.codeOf, func(out Outcome) {
+			cancel()
+			s.complete(e, f, out)
 		})
 	}
 }
 
-// idle reports whether the stream can expire and, if so, since when it has had no
-// listener.
-func (s *Stream) idle() (bool, time.Time) {
+// complete fills in a frame's answer, from the model's or the log writer's callback.
+func (s *Stream) complete(e *entry, f *Frame, out Outcome) {
+	s.mu.Lock()
+	e.ev.Latency, e.ev.Inference, e.ev.Log = out.Latency, out.Inference, out.Log
+	if out.Err != nil {
+		if out.Status == 500 || errors.Is(out.Err, ErrLog) {
+			s.reg.log.Error("stream frame failed",
+				"session_id", s.ID, "seq", e.ev.Seq, "transport", s.Transport,
+				"frame_id", f.ID, "request_id", f.RequestID, "err", out.Err)
+		}
+		e.ev.Kind, e.ev.Err = KindError, out.Err
+	} else {
+		e.ev.Kind, e.ev.Result = KindResult, out.Result
+	}
+	e.done, e.frame = true, nil
+	if e.slot {
+		e.slot = false
+		s.inFlight--
+	}
+	var start []*entry
+	if s.running == e {
+		s.running = nil
+		start = s.schedule(nil)
+	}
+	s.advance()
+	s.mu.Unlock()
+	s.start(start)
+}
+
+// advance moves the answers at the head of the order into the ring, wakes the
+// submitters waiting for room, and ends a terminated stream once nothing is left;
+// s.mu is held.
+func (s *Stream) advance() {
+	n := 0
+	for n < len(s.order) && s.order[n].done {
+		ev := s.order[n].ev
+		if ev.Kind.IsFrame() {
+			s.reg.hooks.answered(s.Transport, ev)
+		}
+		s.ring.Send(ev)
+		s.order[n] = nil
+		n++
+	}
+	if n > 0 {
+		s.order = s.order[n:]
+		if len(s.order) == 0 {
+			s.order = nil // let the backing array go
+		}
+		close(s.freed)
+		s.freed = make(chan struct{})
+	}
+	if s.closing && !s.finished && len(s.order) == 0 && s.held == nil && s.running == nil {
+		s.finished = true
+		s.ring.End()
+		close(s.ended)
+		s.reg.finish(s)
+	}
+}
+
+// Ping queues a pong in the answer order.
+func (s *Stream) Ping(ctx context.Context) error {
+	if err := s.admit(ctx, false); err != nil {
+		return err
+	}
+	s.order = append(s.order, &entry{ev: Event{Kind: KindPong}, done: true})
+	s.advance()
+	s.mu.Unlock()
+	return nil
+}
+
+// Update changes the stream's settings; frames submitted before it keep the old
+// ones. Its answer, KindUpdated with the settings now in force or KindUpdateError
+// (wrapping ErrSettings) when a value is out of range, takes its place in the
+// order. It returns the settings in force after it, and the refusal if any.
+func (s *Stream) Update(ctx context.Context, u Update) (Settings, error) {
+	if err := s.admit(ctx, false); err != nil {
+		return Settings{}, err
+	}
+	ev := Event{Kind: KindUpdated}
+	next, err := s.apply(u)
+	if u.Refused != nil {
+		err = u.Refused
+	}
+	if err != nil {
+		ev.Kind, ev.Err = KindUpdateError, err
+	} else {
+		s.settings = next
+		s.limiter.SetLimit(next.FPS)
+	}
+	ev.Settings = s.settings
+	s.order = append(s.order, &entry{ev: ev, done: true})
+	var start []*entry
+	if s.settings.Mode == Ordered {
+		// A frame that was waiting in latest mode goes on as soon as it may.
+		start = s.schedule(nil)
+	}
+	s.advance()
+	s.mu.Unlock()
+	s.start(start)
+	return ev.Settings, err
+}
+
+// apply returns the settings after u, or why u is refused; s.mu is held.
+func (s *Stream) apply(u Update) (Settings, error) {
+	return CheckSettings(s.settings, u, s.maxFPS)
+}
+
+// CheckSettings returns cur changed by u, or an error wrapping ErrSettings when a
+// value is out of range: a mode other than ordered and latest, fps below 1 or above
+// maxFPS, top_k below 1. (The transport bounds top_k above.)
+func CheckSettings(cur Settings, u Update, maxFPS int) (Settings, error) {
+	next := cur
+	if u.Mode != nil {
+		if *u.Mode != Ordered && *u.Mode != Latest {
+			return cur, fmt.Errorf(`%w: mode must be "ordered" or "latest"`, ErrSettings)
+		}
+		next.Mode = *u.Mode
+	}
+	if u.TopK != nil {
+		if *u.TopK < 1 {
+			return cur, fmt.Errorf("%w: top_k must be at least 1", ErrSettings)
+		}
+		next.TopK = *u.TopK
+	}
+	if u.FPS != nil {
+		if *u.FPS < 1 || *u.FPS > maxFPS {
+			return cur, fmt.Errorf("%w: fps must be between 1 and %d (this key's frames_per_second)", ErrSettings, maxFPS)
+		}
+		next.FPS = *u.FPS
+	}
+	return next, nil
+}
+
+// Terminate ends the stream with cause: Context is done, Submit refuses new frames.
+// Frames already admitted are still answered; Ended is closed after the last. The
+// first cause is kept.
+func (s *Stream) Terminate(cause error) {
+	s.cancel(cause)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.closing = true
+	close(s.freed) // wake the submitters: they get ErrClosed
+	s.freed = make(chan struct{})
+	start := s.schedule(nil)
+	s.advance()
+	s.mu.Unlock()
+	s.start(start)
+}
+
+// Attach makes a connection the stream's owner (a WebSocket): kick is called, once,
+// when another connection takes its place (a resume while it still looked alive).
+// It returns the owner's generation, for Detach.
+func (s *Stream) Attach(kick func()) uint64 {
+	s.mu.Lock()
+	old := s.kick
+	s.owner++
+	gen := s.owner
+	s.kick = kick
+	s.mu.Unlock()
+	if old != nil {
+		old()
+	}
+	return gen
+}
+
+// Detach says the owner of generation gen has gone without ending the stream (its
+// connection dropped): the stream waits for a resume for its idle limit. A stale
+// generation (one that was replaced) changes nothing.
+func (s *Stream) Detach(gen uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.unowned && s.listeners == 0, s.lastUse
+	if s.owner == gen && s.kick != nil {
+		s.kick = nil
+		s.lastUse = s.reg.now()
+	}
+}
+
+// Owner reports whether gen is the stream's current owner.
+func (s *Stream) Owner(gen uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.owner == gen && s.kick != nil
+}
+
+// Listen marks a listener (an SSE event stream) attached until the returned function
+// is called; a stream with no consumer for its idle limit expires.
+func (s *Stream) Listen() (leave func()) {
+	s.mu.Lock()
+	s.listeners++
+	s.mu.Unlock()
+	left := false
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !left {
+			left = true
+			s.listeners--
+			s.lastUse = s.reg.now()
+		}
+	}
+}
+
+// unattended reports since when the stream has had no consumer, if it has none.
+func (s *Stream) unattended() (bool, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.kick == nil && s.listeners == 0, s.lastUse
 }

@@ -134,6 +134,16 @@ var migrations = []migration{
 			`CREATE INDEX client_tokens_expires_at_idx ON client_tokens (expires_at)`,
 		},
 	},
+	{
+		// Frames of a latest-mode stream answered "skipped": a newer frame
+		// replaced them before the model took them. They get no log row of
+		// their own, so the session row counts them.
+		version: 5,
+		name:    "sessions.frames_skipped",
+		stmts: []string{
+			`ALTER TABLE sessions ADD COLUMN frames_skipped INTEGER NOT NULL DEFAULT 0`,
+		},
+	},
 }
 
 // SchemaVersion is the schema version this package migrates to.

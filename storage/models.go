@@ -64,6 +64,7 @@ type Session struct {
 	EndedAt        *time.Time `bun:"ended_at" json:"ended_at"`
 	FramesReceived int64      `bun:"frames_received" json:"frames_received"`
 	FramesRejected int64      `bun:"frames_rejected" json:"frames_rejected"`
+	FramesSkipped  int64      `bun:"frames_skipped" json:"frames_skipped"`
 	CloseCode      *int       `bun:"close_code" json:"close_code"`
 }
 

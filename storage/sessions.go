@@ -50,19 +50,27 @@ func (db *DB) StartSession(ctx context.Context, s *Session) error {
 	return nil
 }
 
-// EndSession records the end of session id: when, how many frames it read
-// and how many the limiter refused, and its close code (0 for none, stored as
-// NULL). Only the first end of a session is recorded; later calls return nil
-// and change nothing. Errors: ErrNotFound.
-func (db *DB) EndSession(ctx context.Context, id string, endedAt time.Time, received, rejected int64, closeCode int) error {
+// SessionEnd is how a session ended: when, how many frames it read, how many
+// the limiter refused and how many were skipped (latest mode), and its close
+// code (0 for none, stored as NULL).
+type SessionEnd struct {
+	EndedAt                     time.Time
+	Received, Rejected, Skipped int64
+	CloseCode                   int
+}
+
+// EndSession records the end of session id. Only the first end of a session
+// is recorded; later calls return nil and change nothing. Errors: ErrNotFound.
+func (db *DB) EndSession(ctx context.Context, id string, end SessionEnd) error {
 	var code *int
-	if closeCode != 0 {
-		code = &closeCode
+	if end.CloseCode != 0 {
+		code = &end.CloseCode
 	}
 	res, err := db.w.NewUpdate().Model((*Session)(nil)).
-		Set("ended_at = ?", utc(endedAt)).
-		Set("frames_received = ?", received).
-		Set("frames_rejected = ?", rejected).
+		Set("ended_at = ?", utc(end.EndedAt)).
+		Set("frames_received = ?", end.Received).
+		Set("frames_rejected = ?", end.Rejected).
+		Set("frames_skipped = ?", end.Skipped).
 		Set("close_code = ?", code).
 		Where("id = ?", id).
 		Where("ended_at IS NULL").

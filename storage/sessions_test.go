@@ -30,11 +30,11 @@ func TestSessions(t *testing.T) {
 	}
 
 	end := t0.Add(time.Minute)
-	if err := db.EndSession(ctx, s.ID, end, 12, 3, 1000); err != nil {
+	if err := db.EndSession(ctx, s.ID, SessionEnd{EndedAt: end, Received: 12, Rejected: 3, CloseCode: 1000}); err != nil {
 		t.Fatal(err)
 	}
 	// A second end changes nothing.
-	if err := db.EndSession(ctx, s.ID, end.Add(time.Hour), 99, 99, 1011); err != nil {
+	if err := db.EndSession(ctx, s.ID, SessionEnd{EndedAt: end.Add(time.Hour), Received: 99, Rejected: 99, CloseCode: 1011}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := db.SessionByID(ctx, s.ID)
@@ -51,7 +51,7 @@ func TestSessions(t *testing.T) {
 	if err := db.StartSession(ctx, s2); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.EndSession(ctx, "sse-1", end, 1, 0, 0); err != nil {
+	if err := db.EndSession(ctx, "sse-1", SessionEnd{EndedAt: end, Received: 1, Rejected: 0, CloseCode: 0}); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := db.SessionByID(ctx, "sse-1"); err != nil || got.CloseCode != nil {
@@ -61,7 +61,7 @@ func TestSessions(t *testing.T) {
 		t.Error("a session id was inserted twice")
 	}
 
-	if err := db.EndSession(ctx, "nope", end, 0, 0, 1000); !errors.Is(err, ErrNotFound) {
+	if err := db.EndSession(ctx, "nope", SessionEnd{EndedAt: end, Received: 0, Rejected: 0, CloseCode: 1000}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("EndSession(unknown) = %v, want ErrNotFound", err)
 	}
 	if _, err := db.SessionByID(ctx, "nope"); !errors.Is(err, ErrNotFound) {
@@ -122,7 +122,7 @@ func TestEndAbandonedSessions(t *testing.T) {
 	logRow("done", e.u.ID, e.k.ID, t0.Add(2*time.Second))
 	logRow("", e.u.ID, e.k.ID, t0.Add(time.Hour))
 	logRow("", u2.ID, k2.ID, t0.Add(time.Hour))
-	if err := db.EndSession(ctx, "done", t0.Add(10*time.Second), 4, 1, 1000); err != nil {
+	if err := db.EndSession(ctx, "done", SessionEnd{EndedAt: t0.Add(10 * time.Second), Received: 4, Rejected: 1, CloseCode: 1000}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -147,7 +147,8 @@ type Writer struct {
 
 type writeReq struct {
 	row  *InferenceLog
-	done chan error // buffered; receives the result of the commit
+	done chan error  // buffered; receives the result of the commit (Write)
+	fn   func(error) // called with the result of the commit (WriteAsync)
 }
 
 // NewWriter starts the writer goroutine of db. Close it (before db) to
@@ -196,6 +197,25 @@ func NewWriter(db *DB, opt WriterOptions) *Writer {
 // bytes), ErrClosed after Close, or the error of the commit (with ErrFull
 // when the disk is full).
 func (w *Writer) Write(ctx context.Context, row *InferenceLog) error {
+	req := &writeReq{row: row, done: make(chan error, 1)}
+	if err := w.enqueue(ctx, req); err != nil {
+		return err
+	}
+	return <-req.done
+}
+
+// WriteAsync is Write without the wait: it queues row and returns; once the
+// transaction holding it has committed or failed, done is called with Write's
+// error, from the writer goroutine. done must not block, and must not call
+// Write (WriteAsync is fine). If WriteAsync returns an error, the row was not
+// queued and done is never called. It waits only while the queue is full.
+func (w *Writer) WriteAsync(ctx context.Context, row *InferenceLog, done func(error)) error {
+	return w.enqueue(ctx, &writeReq{row: row, fn: done})
+}
+
+// enqueue checks req's row and hands it to the writer goroutine.
+func (w *Writer) enqueue(ctx context.Context, req *writeReq) error {
+	row := req.row
 	if err := checkRow(row); err != nil {
 		return err
 	}
@@ -206,7 +226,6 @@ func (w *Writer) Write(ctx context.Context, row *InferenceLog) error {
 		row.CreatedAt = w.db.now()
 	}
 	row.CreatedAt = utc(row.CreatedAt)
-	req := &writeReq{row: row, done: make(chan error, 1)}
 
 	w.mu.RLock()
 	if w.closed {
@@ -223,7 +242,7 @@ func (w *Writer) Write(ctx context.Context, row *InferenceLog) error {
 		w.mu.RUnlock()
 		return ErrClosed
 	}
-	return <-req.done
+	return nil
 }
 
 // Close stops accepting rows (Write then returns ErrClosed), commits every
@@ -360,7 +379,11 @@ func (w *Writer) answer(batch []*writeReq, err error) {
 		w.last.Store(int64(len(batch)))
 	}
 	for _, r := range batch {
-		r.done <- err
+		if r.fn != nil {
+			r.fn(err)
+		} else {
+			r.done <- err
+		}
 	}
 }
 

@@ -26,44 +26,6 @@ const (
 	maxTokenTTL     = 600 * time.Second
 )
 
-// Stream modes of the session settings.
-const (
-	modeOrdered = "ordered"
-	modeLatest  = "latest"
-)
-
-// streamSettings are the settings of a stream that a client token carries from its
-// minting ("session" in SPEC.md's session.update). Absent fields keep the defaults.
-type streamSettings struct {
-	Mode *string `json:"mode,omitempty"`
-	TopK *int    `json:"top_k,omitempty"`
-	FPS  *int    `json:"fps,omitempty"`
-}
-
-// topK is the top_k of frames that do not give their own.
-func (st *streamSettings) topK() int {
-	if st == nil || st.TopK == nil {
-		return defaultTopK
-	}
-	return *st.TopK
-}
-
-// check validates the settings for a user whose frames_per_second is maxFPS.
-func (st *streamSettings) check(maxFPS int) error {
-	if st.Mode != nil && *st.Mode != modeOrdered && *st.Mode != modeLatest {
-		return errorf(CodeInvalidRequest, `session.mode must be "ordered" or "latest"`)
-	}
-	if st.TopK != nil {
-		if _, err := checkTopK(st.TopK); err != nil {
-			return errorf(CodeInvalidRequest, "session.top_k must be between 1 and %d", maxTopK)
-		}
-	}
-	if st.FPS != nil && (*st.FPS < 1 || *st.FPS > maxFPS) {
-		return errorf(CodeInvalidRequest, "session.fps must be between 1 and your frames_per_second (%d)", maxFPS)
-	}
-	return nil
-}
-
 type clientTokenRequest struct {
 	TTLSeconds *int            `json:"ttl_seconds"`
 	Session    *streamSettings `json:"session"`

@@ -11,6 +11,7 @@ import (
 
 	"github.com/infergate/infergate/infer"
 	"github.com/infergate/infergate/ratelimit"
+	"github.com/infergate/infergate/session"
 	"github.com/infergate/infergate/storage"
 )
 
@@ -120,6 +121,8 @@ func toError(err error) *Error {
 		return &Error{Code: CodeUnavailable, Message: "the model is not loaded"}
 	case errors.Is(err, storage.ErrFull):
 		return errFull
+	case errors.Is(err, session.ErrSettings):
+		return settingsError(err).(*Error)
 	case errors.Is(err, storage.ErrUnauthorized):
 		return &Error{Code: CodeUnauthorized, Message: "unknown or revoked API key"}
 	case errors.Is(err, context.DeadlineExceeded):
@@ -150,4 +153,46 @@ func trimPrefix(err error, p string) string {
 		return s[len(p):]
 	}
 	return s
+}
+
+// Close codes of a stream's end that are not the code of an error above.
+const (
+	closeExpired  = 4408 // an SSE session nobody listened to for --sse-idle-expiry
+	closeAbnormal = 1006 // a WebSocket dropped and not resumed in time: no close was sent
+)
+
+// peerClosed is the cause of a stream whose client closed its WebSocket with code.
+type peerClosed struct{ code websocket.StatusCode }
+
+func (p peerClosed) Error() string { return fmt.Sprintf("client closed the stream (%d)", int(p.code)) }
+
+// endOf maps why a stream ended to the close a WebSocket sends (or the close event
+// of an SSE stream): its code and reason. ok is false when nothing is to be sent:
+// the client closed.
+func endOf(cause error) (code websocket.StatusCode, reason string, ok bool) {
+	var peer peerClosed
+	switch {
+	case errors.As(cause, &peer):
+		return peer.code, "", false
+	case errors.Is(cause, session.ErrShuttingDown):
+		return websocket.StatusGoingAway, "server shutting down", true
+	case errors.Is(cause, session.ErrRevoked):
+		return 4401, "API key revoked", true
+	case errors.Is(cause, session.ErrExpired):
+		return closeExpired, "session expired", true
+	case cause == nil, errors.Is(cause, session.ErrClosed):
+		return websocket.StatusNormalClosure, "", true
+	}
+	return toError(cause).CloseCode(), "", true
+}
+
+// recordedClose is the close code a stream's sessions row records for its end. A
+// WebSocket stream that expired was never closed: its connection dropped and no
+// resume came.
+func recordedClose(transport string, cause error) int {
+	if transport == storage.TransportWS && errors.Is(cause, session.ErrExpired) {
+		return closeAbnormal
+	}
+	code, _, _ := endOf(cause)
+	return int(code)
 }

@@ -88,7 +88,8 @@ func TestOverloadedRetry(t *testing.T) {
 		if got := rec.Result().Header.Get("Retry-After"); got != tc.hdr {
 			t.Errorf("%s: Retry-After %q, want %q", tc.name, got, tc.hdr)
 		}
-		m, ok := s.eventMessage(session.Event{Kind: session.KindError, Err: tc.err}).(errorMessage)
+		msg, _ := s.eventMessage(session.Event{Kind: session.KindError, Err: tc.err})
+		m, ok := msg.(errorMessage)
 		if !ok || m.RetryAfterMS == nil || *m.RetryAfterMS != tc.retry.Milliseconds() {
 			t.Errorf("%s: stream message %+v, want retry_after_ms %d", tc.name, m, tc.retry.Milliseconds())
 		}

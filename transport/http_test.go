@@ -449,7 +449,7 @@ func TestLogRowCommittedBeforeResponse(t *testing.T) {
 		done <- resp.StatusCode
 	}()
 	// The handler has its result and waits for the row, which the writer cannot commit.
-	waitGoroutine(t, "handleClassify", "storage.(*Writer).Write(")
+	waitGoroutine(t, "handleClassify", "session.(*Pipeline).Run(")
 	waitGoroutine(t, "storage.(*Writer).insert(")
 	select {
 	case code := <-done:
@@ -628,8 +628,8 @@ func TestRedirectsKeepQuery(t *testing.T) {
 // a load this test cannot make quickly and repeatably.
 type overloaded struct{ Classifier }
 
-func (overloaded) Classify(context.Context, []byte, int) (*infer.Result, error) {
-	return nil, infer.ErrOverloaded
+func (overloaded) Submit(context.Context, []byte, int, func(*infer.Result, error)) error {
+	return infer.ErrOverloaded
 }
 
 func TestOverloaded(t *testing.T) {
@@ -707,9 +707,9 @@ type counting struct {
 	calls atomic.Int32
 }
 
-func (c *counting) Classify(ctx context.Context, img []byte, k int) (*infer.Result, error) {
+func (c *counting) Submit(ctx context.Context, img []byte, k int, done func(*infer.Result, error)) error {
 	c.calls.Add(1)
-	return c.Classifier.Classify(ctx, img, k)
+	return c.Classifier.Submit(ctx, img, k, done)
 }
 
 // closedModel returns a real classifier of its own (the shared one must stay open),

@@ -25,7 +25,7 @@ import (
 
 // Classifier is what the server needs of the model.
 type Classifier interface {
-	Classify(ctx context.Context, image []byte, topK int) (*infer.Result, error)
+	Submit(ctx context.Context, image []byte, topK int, done func(*infer.Result, error)) error
 	Info() infer.ModelInfo
 	Labels() []string
 	QueueLen() int
@@ -159,7 +159,7 @@ type Server struct {
 	registry *session.Registry
 
 	check          modelCheck
-	sse            sseSessions
+	conns          conns // WebSocket connections being served
 	origins        *origins
 	trusted        []netip.Prefix
 	authFailures   *ratelimit.Keyed[netip.Prefix] // refused credentials per client address
@@ -211,13 +211,14 @@ func New(cfg Config) *Server {
 		},
 	}
 	s.registry = session.NewRegistry(session.RegistryConfig{
-		Pipeline: s.pipeline,
-		Store:    s.db,
-		Limits:   s.limits.Stream,
-		Logger:   s.log,
-		Now:      s.now,
-		CodeOf:   logStatus,
-		Hooks:    s.streamHooks(),
+		Pipeline:  s.pipeline,
+		Store:     s.db,
+		Limits:    s.limits.Stream,
+		Logger:    s.log,
+		Now:       s.now,
+		CodeOf:    logStatus,
+		CloseCode: recordedClose,
+		Hooks:     s.streamHooks(),
 	})
 	s.router = s.routes()
 	return s
@@ -234,7 +235,11 @@ func (s *Server) Registry() *session.Registry { return s.registry }
 // ended or ctx is done. Call it after http.Server.Shutdown, which does not touch
 // hijacked WebSocket connections or wait for event streams.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.registry.Shutdown(ctx)
+	err := s.registry.Shutdown(ctx)
+	if werr := s.conns.wait(ctx); err == nil {
+		err = werr
+	}
+	return err
 }
 
 func (s *Server) routes() chi.Router {
@@ -360,7 +365,7 @@ func (s *Server) modelStatus() (string, error) {
 		// Not the caller's context: a prober that hangs up must not leave a
 		// cancellation cached as the model's state.
 		ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
-		_, err := s.cls.Classify(ctx, c.probe, 1)
+		_, err := classify(ctx, s.cls, c.probe, 1)
 		cancel()
 		if errors.Is(err, infer.ErrOverloaded) {
 			// The model works and is busy: each request is told so, with Retry-After.
@@ -376,6 +381,24 @@ func (s *Server) modelStatus() (string, error) {
 		return modelClosed, c.err
 	}
 	return modelFailing, c.err
+}
+
+// classify runs one image through cls and waits for its answer (or ctx).
+func classify(ctx context.Context, cls Classifier, img []byte, topK int) (*infer.Result, error) {
+	type answer struct {
+		res *infer.Result
+		err error
+	}
+	ch := make(chan answer, 1)
+	if err := cls.Submit(ctx, img, topK, func(res *infer.Result, err error) { ch <- answer{res, err} }); err != nil {
+		return nil, err
+	}
+	select {
+	case a := <-ch:
+		return a.res, a.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // modelReason says why the model is not loaded, in words safe to show anyone: the

@@ -1,19 +1,14 @@
 package transport
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/base64"
+	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -22,50 +17,14 @@ import (
 	"github.com/infergate/infergate/storage"
 )
 
-// sseSession is an SSE fallback session: a stream with no connection of its own,
-// whose answers wait in a Replay for event streams to read them, and whose frames
-// come by POST.
-type sseSession struct {
-	stream    *session.Stream
-	replay    *session.Replay
-	tokenHash [32]byte
-	topK      int // of frames without their own: a client token's settings, or the default
-}
-
-// sseSessions maps session ids to the SSE sessions that are open.
-type sseSessions struct {
-	mu sync.Mutex // guards m
-	m  map[string]*sseSession
-}
-
-func (t *sseSessions) get(id string) *sseSession {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.m[id]
-}
-
-func (t *sseSessions) put(id string, s *sseSession) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.m == nil {
-		t.m = make(map[string]*sseSession)
-	}
-	t.m[id] = s
-}
-
-func (t *sseSessions) remove(id string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.m, id)
-}
-
 type createSessionResponse struct {
-	SessionID string       `json:"session_id"`
-	Token     string       `json:"token"`
-	EventsURL string       `json:"events_url"`
-	FramesURL string       `json:"frames_url"`
-	ExpiresAt string       `json:"expires_at"`
-	Limits    streamLimits `json:"limits"`
+	SessionID string          `json:"session_id"`
+	Token     string          `json:"token"`
+	EventsURL string          `json:"events_url"`
+	FramesURL string          `json:"frames_url"`
+	ExpiresAt string          `json:"expires_at"`
+	Limits    streamLimits    `json:"limits"`
+	Session   settingsMessage `json:"session"`
 }
 
 type frameAccepted struct {
@@ -73,61 +32,83 @@ type frameAccepted struct {
 	ID  json.RawMessage `json:"id"`
 }
 
+// createSessionRequest is the optional body of POST /v1/sessions: the settings, as
+// {"session": {...}} or bare.
+type createSessionRequest struct {
+	Session *streamSettings `json:"session"`
+	Mode    *string         `json:"mode"`
+	TopK    *int            `json:"top_k"`
+	FPS     *int            `json:"fps"`
+}
+
+// readSessionSettings reads the optional settings body of POST /v1/sessions.
+func (s *Server) readSessionSettings(r *http.Request) (*streamSettings, error) {
+	body, err := readBody(r, s.limits.Stream.MaxPreAuthBytes)
+	if err != nil || len(bytes.TrimSpace(body)) == 0 {
+		return nil, err
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		return nil, errorf(CodeUnsupportedMedia, "send the settings as Content-Type: application/json, or no body")
+	}
+	var req createSessionRequest
+	if err := strictUnmarshal(body, &req); err != nil {
+		return nil, err
+	}
+	bare := &streamSettings{Mode: req.Mode, TopK: req.TopK, FPS: req.FPS}
+	if req.Session != nil {
+		if *bare != (streamSettings{}) {
+			return nil, errorf(CodeInvalidRequest, `send the settings as {"session": {...}} or bare, not both`)
+		}
+		return req.Session, nil
+	}
+	return bare, nil
+}
+
 // handleCreateSession serves POST /v1/sessions: it opens a stream whose answers go to
 // an event stream, and gives back a token that is good for this session only.
 func (s *Server) handleCreateSession(w http.ResponseWriter, r *http.Request) {
 	p := principal(r.Context())
-	token, err := newToken()
+	body, err := s.readSessionSettings(r)
+	settings := settingsOf(r.Context()).over(body)
+	if err == nil {
+		err = settings.check(p.User.FramesPerSecond)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	lim := s.registry.Limits()
-	ss := &sseSession{
-		replay: session.NewReplay(lim.Replay), tokenHash: sha256.Sum256([]byte(token)),
-		topK: settingsOf(r.Context()).topK(),
+	token, secret, err := newStreamToken("st_")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
 	}
-	var id string
 	st, err := s.registry.Open(r.Context(), session.OpenParams{
 		Principal: p, Transport: "sse", RemoteAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
-		Sink: ss.replay,
-		OnFinish: func() {
-			ss.replay.End()
-			s.sse.remove(id)
-		},
+		Settings: settings.update(), Secret: secret,
 	})
 	if err != nil {
 		s.writeError(w, r, s.openError(p, err))
 		return
 	}
-	id, ss.stream = st.ID, st
-	s.sse.put(id, ss)
 	w.Header().Set("Cache-Control", "no-store") // the body holds a secret
 	ready := s.readyMessage(st)
-	base := "/v1/sessions/" + id
+	base := "/v1/sessions/" + st.ID
 	writeJSON(w, http.StatusCreated, createSessionResponse{
-		SessionID: id,
+		SessionID: st.ID,
 		Token:     token,
 		EventsURL: base + "/events?token=" + url.QueryEscape(token),
 		FramesURL: base + "/frames",
-		ExpiresAt: st.Started.Add(lim.IdleExpiry).UTC().Format(time.RFC3339),
+		ExpiresAt: st.Started.Add(s.registry.Limits().IdleExpiry).UTC().Format(time.RFC3339),
 		Limits:    ready.Limits,
+		Session:   ready.Session,
 	})
-}
-
-func newToken() (string, error) {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("session token: %w", err)
-	}
-	return "st_" + base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
 // sseSessionFor finds the session of the route and checks the caller may use it: the
 // session token (X-Session-Token, a Bearer token, or ?token= when allowQuery), or an
 // API key of the session's user. A session of another user is reported as not found,
 // so ids cannot be probed.
-func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*sseSession, error) {
+func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*session.Stream, error) {
 	id := chi.URLParam(r, "id")
 	token := r.Header.Get("X-Session-Token")
 	b := bearer(r)
@@ -140,8 +121,8 @@ func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*sseSession, e
 	if token == "" && allowQuery {
 		token = r.URL.Query().Get("token")
 	}
-	ss := s.sse.get(id)
-	if ss != nil && ss.stream.Err() != nil {
+	ss, _ := s.registry.Get(id)
+	if ss != nil && (ss.Transport != storage.TransportSSE || ss.Err() != nil) {
 		// Ended (expired, deleted, revoked, shut down) but not yet out of the map:
 		// gone, as it will be a moment later.
 		ss = nil
@@ -152,8 +133,7 @@ func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*sseSession, e
 		if err := s.authThrottled(addr); err != nil {
 			return nil, err
 		}
-		h := sha256.Sum256([]byte(token))
-		if ss == nil || subtle.ConstantTimeCompare(h[:], ss.tokenHash[:]) != 1 {
+		if ss == nil || !tokenMatches(ss, token) {
 			s.authFailed(addr)
 			return nil, errorf(CodeUnauthorized, "unknown session or wrong session token")
 		}
@@ -163,7 +143,7 @@ func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*sseSession, e
 		if err != nil {
 			return nil, err
 		}
-		if ss == nil || ss.stream.Principal.User.ID != p.User.ID {
+		if ss == nil || ss.Principal.User.ID != p.User.ID {
 			return nil, errorf(CodeNotFound, "no session %s", truncateString(id, 64))
 		}
 		return ss, nil
@@ -187,7 +167,8 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	h.Set("Connection", "keep-alive")
 	w.WriteHeader(http.StatusOK)
 
-	st := ss.stream
+	st := ss
+	ring := st.Replay()
 	leave := st.Listen()
 	defer leave()
 	lim := s.registry.Limits()
@@ -202,33 +183,35 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if !write(sseEvent("ready", "", ready)) {
 		return
 	}
-	cursor := ss.replay.Since(0)
+	cursor := ring.Since(0)
 	if last := r.Header.Get("Last-Event-ID"); last != "" {
 		if n, err := strconv.ParseInt(last, 10, 64); err == nil {
-			cursor = ss.replay.Since(n)
+			cursor = ring.Since(n)
 		}
 	}
 	beat := time.NewTicker(lim.Heartbeat)
 	defer beat.Stop()
 	for {
-		evs, next, wait, lost, ended := ss.replay.After(cursor)
+		evs, next, wait, lost, ended := ring.After(cursor)
 		cursor = next
 		if lost && !write([]byte(": some events were dropped: this listener fell more than the replay buffer behind\n\n")) {
 			return
 		}
 		for _, ev := range evs {
-			b, _ := json.Marshal(s.eventMessage(ev))
-			name := "result"
-			if ev.Kind == session.KindError {
-				name = "error"
+			msg, name := s.eventMessage(ev)
+			b, _ := json.Marshal(msg)
+			id := ""
+			if ev.Kind.IsFrame() {
+				id = strconv.FormatInt(ev.Seq, 10)
 			}
-			if !write(sseEvent(name, strconv.FormatInt(ev.Seq, 10), b)) {
+			if !write(sseEvent(name, id, b)) {
 				return
 			}
 		}
 		if ended {
 			cause := st.Err()
-			b, _ := json.Marshal(map[string]any{"type": "close", "code": session.CloseCode(cause), "reason": closeReason(cause)})
+			code, reason, _ := endOf(cause)
+			b, _ := json.Marshal(map[string]any{"type": "close", "code": int(code), "reason": reason})
 			write(sseEvent("close", "", b))
 			return
 		}
@@ -275,9 +258,13 @@ func (s *Server) handleFrames(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.releaseBody()
 	s.bodyDeadline(w)
-	f := s.readFrame(r, ss.topK)
+	f, upd := s.readFrame(r)
+	if upd != nil {
+		s.updateSSE(w, r, ss, upd)
+		return
+	}
 	f.RequestID = requestID(r.Context())
-	seq, limited, err := ss.stream.Submit(r.Context(), f)
+	seq, limited, err := ss.Submit(r.Context(), f)
 	if err != nil {
 		if errors.Is(err, session.ErrClosed) {
 			s.writeError(w, r, errorf(CodeNotFound, "the session has ended"))
@@ -290,7 +277,7 @@ func (s *Server) handleFrames(w http.ResponseWriter, r *http.Request) {
 	if id == nil {
 		id = json.RawMessage("null")
 	}
-	setRateLimitHeaders(w, ss.stream.Peek(s.now()))
+	setRateLimitHeaders(w, ss.Peek(s.now()))
 	w.Header().Set("X-Frame-Seq", strconv.FormatInt(seq, 10))
 	switch {
 	case limited != nil:
@@ -319,28 +306,49 @@ func (s *Server) writeFrameError(w http.ResponseWriter, r *http.Request, e *Erro
 	})
 }
 
+// updateSSE applies a session.update posted to an SSE session's frames route: the
+// answer is the session.updated (or the error) of the event stream, which also gets
+// it in its place in the order.
+func (s *Server) updateSSE(w http.ResponseWriter, r *http.Request, st *session.Stream, upd *postedUpdate) {
+	set, err := st.Update(r.Context(), updateOf(upd.settings, st.MaxFPS()))
+	if err != nil {
+		if errors.Is(err, session.ErrClosed) {
+			err = errorf(CodeNotFound, "the session has ended")
+		}
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, updatedMessage{Type: "session.updated", Session: settingsOut(set)})
+}
+
+// postedUpdate is a session.update posted to the frames route.
+type postedUpdate struct{ settings *streamSettings }
+
 // readFrame reads a posted frame: the JSON of a WebSocket frame message ("type" may
 // be left out) or a raw image body. A frame that cannot be read carries its error.
-// Frames that do not give top_k get topK.
-func (s *Server) readFrame(r *http.Request, topK int) session.Frame {
+// A posted session.update is returned as such.
+func (s *Server) readFrame(r *http.Request) (session.Frame, *postedUpdate) {
 	now := s.now()
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt == "application/json" {
 		body, err := readBody(r, s.registry.Limits().MaxMessageBytes)
 		if err != nil {
-			return session.Frame{Err: err, Start: now}
+			return session.Frame{Err: err, Start: now}, nil
 		}
-		f, ping := parseFrameTopK(body, now, true, topK)
-		if ping {
+		f, kind, upd := parseMessage(body, now, true)
+		switch kind {
+		case msgPing:
 			f.Err = errorf(CodeInvalidRequest, "ping is for the WebSocket; the event stream has heartbeats")
+		case msgUpdate:
+			return f, &postedUpdate{upd}
 		}
-		return f
+		return f, nil
 	}
 	img, k, err := s.readImage(r)
 	if !r.URL.Query().Has("top_k") {
-		k = topK
+		k = 0 // the session's setting
 	}
-	return session.Frame{Image: img, TopK: k, Err: err, Start: now}
+	return session.Frame{Image: img, TopK: k, Err: err, Start: now}, nil
 }
 
 // handleDeleteSession serves DELETE /v1/sessions/{id}: the session answers what it
@@ -351,6 +359,6 @@ func (s *Server) handleDeleteSession(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	ss.stream.Terminate(session.ErrClosed)
+	ss.Terminate(session.ErrClosed)
 	w.WriteHeader(http.StatusNoContent)
 }

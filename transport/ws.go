@@ -8,11 +8,11 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
 
-	"github.com/infergate/infergate/infer"
 	"github.com/infergate/infergate/session"
 	"github.com/infergate/infergate/storage"
 )
@@ -27,103 +27,10 @@ type clientMessage struct {
 	TopK   *int            `json:"top_k"`
 	APIKey *string         `json:"api_key"`
 	Token  *string         `json:"token"` // a client token, in an auth message
-}
-
-type readyMessage struct {
-	Type       string       `json:"type"`
-	SessionID  string       `json:"session_id"`
-	APIVersion string       `json:"api_version"`
-	Model      string       `json:"model"`
-	Limits     streamLimits `json:"limits"`
-}
-
-type streamLimits struct {
-	Frames          int   `json:"frames"`
-	WindowMS        int64 `json:"window_ms"`
-	MaxInFlight     int   `json:"max_in_flight"`
-	MaxMessageBytes int64 `json:"max_message_bytes"`
-}
-
-type resultMessage struct {
-	Type        string             `json:"type"`
-	ID          json.RawMessage    `json:"id,omitempty"`
-	Seq         int64              `json:"seq"`
-	Model       string             `json:"model"`
-	Predictions []infer.Prediction `json:"predictions"`
-	InferenceMS float64            `json:"inference_ms"`
-	LatencyMS   float64            `json:"latency_ms"`
-	Timing      timing             `json:"timing"`
-	Batch       int                `json:"batch"`
-}
-
-type errorMessage struct {
-	Type         string          `json:"type"`
-	ID           json.RawMessage `json:"id,omitempty"`
-	Seq          int64           `json:"seq,omitempty"`
-	Code         string          `json:"code"`
-	Message      string          `json:"message"`
-	RetryAfterMS *int64          `json:"retry_after_ms,omitempty"`
-}
-
-func (s *Server) readyMessage(st *session.Stream) readyMessage {
-	l := s.registry.Limits()
-	return readyMessage{
-		Type: "ready", SessionID: st.ID, APIVersion: "v1", Model: s.model,
-		Limits: streamLimits{
-			Frames: st.Limit(), WindowMS: l.Window.Milliseconds(),
-			MaxInFlight: l.MaxInFlight, MaxMessageBytes: l.MaxMessageBytes,
-		},
-	}
-}
-
-// eventMessage turns a stream event into its JSON message, the same on the WebSocket
-// and in SSE data lines.
-func (s *Server) eventMessage(ev session.Event) any {
-	id, _ := ev.ID.(json.RawMessage)
-	switch ev.Kind {
-	case session.KindResult:
-		return resultMessage{
-			Type: "result", ID: id, Seq: ev.Seq, Model: s.model,
-			Predictions: ev.Result.Predictions,
-			InferenceMS: ms(ev.Inference), LatencyMS: ms(ev.Latency),
-			Timing: timingOf(ev.Result, ev.Log), Batch: batchOf(ev.Result),
-		}
-	case session.KindPong:
-		return map[string]string{"type": "pong"}
-	}
-	e := streamError(ev.Err)
-	m := errorMessage{Type: "error", ID: id, Seq: ev.Seq, Code: e.Code, Message: e.Message}
-	if e.RetryAfter > 0 {
-		ra := e.RetryAfter.Milliseconds()
-		if ra == 0 {
-			ra = 1
-		}
-		m.RetryAfterMS = &ra
-	}
-	return m
-}
-
-// streamError maps a frame's error to its client error.
-func streamError(err error) *Error {
-	var lim *session.LimitedError
-	if errors.As(err, &lim) {
-		return &Error{Code: CodeRateLimited, Message: lim.Error(), RetryAfter: lim.RetryAfter}
-	}
-	return toError(err)
-}
-
-// wsSink writes a stream's events to its WebSocket.
-type wsSink struct {
-	s    *Server
-	conn *websocket.Conn
-}
-
-func (k wsSink) Send(ctx context.Context, ev session.Event) error {
-	b, err := json.Marshal(k.s.eventMessage(ev))
-	if err != nil {
-		return err
-	}
-	return k.conn.Write(ctx, websocket.MessageText, b)
+	// Session is the settings of an auth message or a session.update.
+	Session *streamSettings `json:"session"`
+	// Resume asks an auth message to resume a stream.
+	Resume *resumeRequest `json:"resume"`
 }
 
 // handleStream serves GET /v1/stream. A request with an Authorization header is
@@ -144,37 +51,49 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, forbiddenOrigin(o))
 		return
 	}
-	var p *storage.Principal
-	var settings *streamSettings
+	var auth streamAuth
 	addr := s.clientAddr(r)
+	rq, err := resumeQuery(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	auth.resume = rq
 	if r.Header.Get("Authorization") != "" {
 		key := bearer(r)
 		if key == "" {
 			s.writeError(w, r, errorf(CodeUnauthorized, "malformed Authorization header: send Bearer <key>"))
 			return
 		}
-		var err error
 		if storage.IsClientToken(key) {
 			// Spent here, before the checks below: a token refused for too many
 			// streams is used up, and the page mints another.
-			p, settings, err = s.redeemClientToken(r.Context(), addr, key)
+			auth.p, auth.settings, err = s.redeemClientToken(r.Context(), addr, key)
 		} else {
-			p, err = s.authenticate(r.Context(), addr, key)
+			auth.p, err = s.authenticate(r.Context(), addr, key)
 		}
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		if err := s.registry.CanOpen(p); err != nil {
-			s.writeError(w, r, s.openError(p, err))
+		// A resume needs no new place; if it fails, the fresh stream is checked
+		// after the upgrade.
+		if err := s.registry.CanOpen(auth.p); err != nil && rq == nil {
+			s.writeError(w, r, s.openError(auth.p, err))
 			return
 		}
+	} else if t := r.Header.Get("X-Session-Token"); t != "" && rq != nil {
+		auth.resumeToken = t
 	} else if s.registry.ShuttingDown() {
 		s.writeError(w, r, errorf(CodeUnavailable, "the server is shutting down"))
 		return
 	} else if err := s.authThrottled(addr); err != nil {
 		// Its auth message would be refused unread: refuse the upgrade instead.
 		s.writeError(w, r, err)
+		return
+	}
+	if s.registry.ShuttingDown() {
+		s.writeError(w, r, errorf(CodeUnavailable, "the server is shutting down"))
 		return
 	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
@@ -186,7 +105,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Accept has answered the client
 	}
-	s.serveStream(conn, r, p, settings)
+	s.serveStream(conn, r, auth)
 }
 
 func (s *Server) openError(p *storage.Principal, err error) error {
@@ -201,159 +120,367 @@ func (s *Server) openError(p *storage.Principal, err error) error {
 	return err
 }
 
+// streamAuth is what opened or resumes a stream: the principal (nil for a resume
+// by resume token alone), a client token's settings and the auth message's, and a
+// resume request.
+type streamAuth struct {
+	p        *storage.Principal
+	settings *streamSettings
+	resume   *resumeRequest
+	// resumeToken is the resume token given in place of a key (X-Session-Token, or
+	// "token" in the auth message's resume object).
+	resumeToken string
+}
+
+// resumeRequest asks to resume a stream that dropped: the "resume" object of an auth
+// message, or the resume and last_seq query parameters.
+type resumeRequest struct {
+	SessionID string  `json:"session_id"`
+	LastSeq   *int64  `json:"last_seq"`
+	Token     *string `json:"token"`
+}
+
+// resumeQuery reads ?resume=<id>&last_seq=<n>, or nil without them.
+func resumeQuery(r *http.Request) (*resumeRequest, error) {
+	q := r.URL.Query()
+	if !q.Has("resume") && !q.Has("last_seq") {
+		return nil, nil
+	}
+	n, err := strconv.ParseInt(q.Get("last_seq"), 10, 64)
+	if q.Get("resume") == "" || err != nil || n < 0 {
+		return nil, errorf(CodeInvalidRequest, "resume a stream with ?resume=<session_id>&last_seq=<seq of the last answer received, 0 for none>")
+	}
+	return &resumeRequest{SessionID: q.Get("resume"), LastSeq: &n}, nil
+}
+
+// wsConn is one WebSocket connection of a stream: the goroutine that serves it reads
+// frames, and its writer goroutine sends the stream's answers from the ring and its
+// close. The keepalive is a timer that pings only while the connection lives.
+type wsConn struct {
+	s     *Server
+	conn  *websocket.Conn
+	st    *session.Stream
+	gen   uint64 // the stream's owner generation, for Detach
+	reqID string
+
+	gone    chan struct{} // closed when the reader stops: the writer stops too
+	written chan struct{} // closed when the writer has stopped
+	pinger  *time.Timer
+	// closing is set once the writer sends the stream's close (or a takeover kicks
+	// this connection): the reader's error is then not a drop.
+	closing atomic.Bool
+	stopped atomic.Bool // the reader has stopped: a ping that fails is not news
+}
+
 // serveStream runs one WebSocket from the upgrade to its close. After Accept the
 // request's context no longer ends with the client, so lifetimes come from the
-// connection and the stream. settings are those of a client token, or nil.
-func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, p *storage.Principal, settings *streamSettings) {
+// connection and the stream.
+func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamAuth) {
 	defer conn.CloseNow()
+	if !s.conns.add() {
+		closeWith(conn, errorf(CodeUnavailable, "the server is shutting down"))
+		return
+	}
+	defer s.conns.done()
 	lim := s.registry.Limits()
-	if p == nil {
+	addr := s.clientAddr(r)
+	if auth.p == nil && auth.resumeToken == "" {
 		conn.SetReadLimit(lim.MaxPreAuthBytes)
 		var e *Error
-		if p, settings, e = s.authMessage(conn, lim.AuthTimeout, s.clientAddr(r)); e != nil {
+		if auth, e = s.authMessage(conn, lim.AuthTimeout, addr); e != nil {
 			closeWith(conn, e)
 			return
 		}
 	}
-	st, err := s.registry.Open(context.Background(), session.OpenParams{
-		Principal: p, Transport: "ws", RemoteAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
-		Sink: wsSink{s, conn}, Owned: true,
-	})
-	if err != nil {
-		e := toError(s.openError(p, err))
-		if e.Code == CodeInternal {
-			s.log.Error("open stream", "err", err)
-		}
-		closeWith(conn, e)
-		return
+	c := &wsConn{s: s, conn: conn, reqID: requestID(r.Context()), gone: make(chan struct{}), written: make(chan struct{})}
+	kick := func() {
+		c.closing.Store(true)
+		conn.CloseNow()
 	}
-	code := s.runStream(conn, st, requestID(r.Context()), settings.topK())
-	ctx, cancel := context.WithTimeout(context.Background(), lim.FrameTimeout)
-	defer cancel()
-	st.Finish(ctx, int(code))
-}
-
-// runStream reads frames until the client leaves or the stream is terminated, and
-// returns the close code it ended with. reqID is the id of the upgrade request, which
-// the frames' failures are logged with; topK is the top_k of frames without their own.
-func (s *Server) runStream(conn *websocket.Conn, st *session.Stream, reqID string, topK int) websocket.StatusCode {
-	lim := s.registry.Limits()
-	ready, _ := json.Marshal(s.readyMessage(st))
+	ready := readyMessage{}
+	var cursor, replayed session.Cursor
+	if auth.resume != nil {
+		st, cur, err := s.resume(auth, addr)
+		if err == nil {
+			c.st, cursor = st, cur
+			replayed = st.Replay().Head()
+			c.gen = st.Attach(kick)
+			ready = s.readyMessage(st)
+			t, seq := true, st.Seq()
+			ready.Resumed, ready.ReceivedSeq = &t, &seq
+			ready.Resume = &resumeInfo{SessionID: st.ID, WindowMS: lim.ResumeWindow.Milliseconds()}
+		} else {
+			var re session.ResumeError
+			if !errors.As(err, &re) || auth.p == nil {
+				closeWith(conn, toError(err))
+				return
+			}
+			f := false
+			ready.Resumed, ready.ResumeError = &f, string(re)
+		}
+	}
+	if c.st == nil {
+		token, secret, err := newStreamToken("rt_")
+		if err == nil {
+			c.st, err = s.registry.Open(context.Background(), session.OpenParams{
+				Principal: auth.p, Transport: "ws", RemoteAddr: r.RemoteAddr, UserAgent: r.UserAgent(),
+				Settings: auth.settings.update(), Secret: secret, Kick: kick,
+			})
+		}
+		if err != nil {
+			e := toError(s.openError(auth.p, err))
+			if e.Code == CodeInternal {
+				s.log.Error("open stream", "err", err)
+			}
+			closeWith(conn, e)
+			return
+		}
+		c.gen = 1
+		resumed, why := ready.Resumed, ready.ResumeError
+		ready = s.readyMessage(c.st)
+		ready.Resumed, ready.ResumeError = resumed, why
+		ready.Resume = &resumeInfo{SessionID: c.st.ID, WindowMS: lim.ResumeWindow.Milliseconds(), Token: token}
+		cursor = c.st.Replay().Head()
+		replayed = cursor
+	}
+	b, _ := json.Marshal(ready)
 	// Not the stream's context: a write's context can close the connection when
 	// it ends (coder/websocket arms a hook on it), and the stream's ends at
 	// shutdown or revocation, when the close with its code is still to be sent.
 	wctx, cancel := context.WithTimeout(context.Background(), lim.WriteTimeout)
-	err := conn.Write(wctx, websocket.MessageText, ready)
+	err := conn.Write(wctx, websocket.MessageText, b)
 	cancel()
 	if err != nil {
-		return websocket.StatusGoingAway
+		c.st.Detach(c.gen)
+		return
 	}
 	conn.SetReadLimit(lim.MaxMessageBytes)
-
-	readErr := make(chan error, 1)
-	go func() { readErr <- s.readFrames(conn, st, reqID, topK) }()
-	pingDone := make(chan struct{})
-	stopPing := make(chan struct{})
-	go func() {
-		defer close(pingDone)
-		s.keepalive(conn, st, stopPing)
-	}()
-	defer func() {
-		close(stopPing)
-		<-pingDone
-	}()
-
-	select {
-	case err := <-readErr:
-		// The client closed, or broke the protocol, or went away. Its frames in
-		// flight are still answered and logged; writes may fail, which is fine.
-		st.Drain(context.Background())
-		code := websocket.CloseStatus(err)
-		switch {
-		case errors.Is(err, websocket.ErrMessageTooBig):
-			code = websocket.StatusMessageTooBig
-		case code == -1:
-			code = websocket.StatusAbnormalClosure
-		}
-		return code
-	case <-st.Context().Done():
-	}
-	cause := st.Err()
-	ctx, cancel := context.WithTimeout(context.Background(), lim.FrameTimeout)
-	st.Drain(ctx) // answer the frames in flight before closing
-	cancel()
-	code, reason := websocket.StatusCode(session.CloseCode(cause)), closeReason(cause)
-	if errors.Is(cause, session.ErrSinkFailed) {
-		conn.CloseNow()
-	} else {
-		conn.Close(code, reason)
-	}
-	<-readErr
-	return code
+	go c.write(cursor, replayed)
+	c.pinger = time.AfterFunc(lim.PingInterval, c.ping)
+	c.read()
 }
 
-func closeReason(cause error) string {
-	switch {
-	case errors.Is(cause, session.ErrShuttingDown):
-		return "server shutting down"
-	case errors.Is(cause, session.ErrRevoked):
-		return "API key revoked"
-	case errors.Is(cause, session.ErrSinkFailed):
-		return "client not reading"
+// resume finds the stream that auth asks to resume, checking the resume token when
+// it stands in for a key.
+func (s *Server) resume(auth streamAuth, addr netip.Prefix) (*session.Stream, session.Cursor, error) {
+	rq := auth.resume
+	var last int64
+	if rq.LastSeq != nil {
+		last = *rq.LastSeq
 	}
-	return ""
+	if auth.p != nil {
+		return s.registry.Resume(rq.SessionID, auth.p.User.ID, last)
+	}
+	if err := s.authThrottled(addr); err != nil {
+		return nil, 0, err
+	}
+	st, ok := s.registry.Get(rq.SessionID)
+	if !ok || st.Transport != storage.TransportWS || !tokenMatches(st, auth.resumeToken) {
+		s.authFailed(addr)
+		return nil, 0, errorf(CodeUnauthorized, "resume failed: unknown session or wrong resume token; open a new stream")
+	}
+	st, c, err := s.registry.Resume(rq.SessionID, 0, last)
+	if err != nil {
+		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s; open a new stream", err.(session.ResumeError))
+	}
+	return st, c, nil
 }
 
-// readFrames reads messages and submits them to the stream until the connection
-// fails or the stream is terminated.
-func (s *Server) readFrames(conn *websocket.Conn, st *session.Stream, reqID string, topK int) error {
+// read is the stream's loop: it reads messages and hands them to the stream until
+// the connection ends, then says what its end means for the stream.
+func (c *wsConn) read() {
+	st := c.st
+	taking := true
+	var err error
 	for {
 		// Reads use a context that never ends: cancelling a Read closes the
 		// connection at once, and a terminated stream must answer its frames first.
-		typ, data, err := conn.Read(context.Background())
+		var typ websocket.MessageType
+		var data []byte
+		typ, data, err = c.conn.Read(context.Background())
 		if err != nil {
+			break
+		}
+		if !taking {
+			continue // the stream has ended; read on until its close is done
+		}
+		if e := c.handle(typ, data); errors.Is(e, session.ErrClosed) {
+			taking = false
+		}
+	}
+	c.stopped.Store(true)
+	c.pinger.Stop()
+	close(c.gone)
+	<-c.written
+	code := websocket.CloseStatus(err)
+	switch {
+	case c.closing.Load():
+		// The writer closed it with the stream's end, or another connection took
+		// the stream over.
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		st.Terminate(peerClosed{websocket.StatusMessageTooBig})
+	case code != -1:
+		st.Terminate(peerClosed{code})
+	default:
+		// Dropped with no close: the stream waits for a resume.
+		st.Detach(c.gen)
+	}
+}
+
+// handle hands one message to the stream.
+func (c *wsConn) handle(typ websocket.MessageType, data []byte) error {
+	st, now := c.st, c.s.now()
+	if typ == websocket.MessageBinary {
+		f := session.Frame{Image: data, Start: now, RequestID: c.reqID}
+		if len(data) == 0 {
+			f.Err = errorf(CodeInvalidImage, "empty binary message")
+		}
+		_, _, err := st.Submit(context.Background(), f)
+		return err
+	}
+	f, kind, upd := parseMessage(data, now, false)
+	f.RequestID = c.reqID
+	switch kind {
+	case msgPing:
+		return st.Ping(context.Background())
+	case msgUpdate:
+		// Refused or not, the update is answered in its place in the order.
+		_, err := st.Update(context.Background(), updateOf(upd, st.MaxFPS()))
+		if errors.Is(err, session.ErrClosed) {
 			return err
 		}
-		now := s.now()
-		if typ == websocket.MessageBinary {
-			f := session.Frame{Image: data, TopK: topK, Start: now, RequestID: reqID}
-			if len(data) == 0 {
-				f.Err = errorf(CodeInvalidImage, "empty binary message")
-			}
-			if _, _, err := st.Submit(st.Context(), f); err != nil {
-				return err
-			}
-			continue
+		return nil
+	}
+	_, _, err := st.Submit(context.Background(), f)
+	return err
+}
+
+// write sends the stream's answers from cursor on, in order, until the stream ends
+// (then it sends the close) or the reader stops. Events before replayed are sent
+// again after a resume: of those, only frame answers.
+func (c *wsConn) write(cursor, replayed session.Cursor) {
+	defer close(c.written)
+	ring := c.st.Replay()
+	lim := c.s.registry.Limits()
+	for {
+		evs, next, wait, lost, ended := ring.After(cursor)
+		if lost {
+			// More than the ring behind: the answers in between are gone. Dropped
+			// like a client that does not read; a resume would find the gap.
+			c.s.log.Info("dropping stream connection: client more than the replay ring behind", "session_id", c.st.ID)
+			c.conn.CloseNow()
+			return
 		}
-		f, ping := parseFrameTopK(data, now, false, topK)
-		f.RequestID = reqID
-		if ping {
-			err = st.Ping(st.Context())
-		} else {
-			_, _, err = st.Submit(st.Context(), f)
+		for i, ev := range evs {
+			if cursor+session.Cursor(i) < replayed && !ev.Kind.IsFrame() {
+				continue
+			}
+			msg, _ := c.s.eventMessage(ev)
+			b, _ := json.Marshal(msg)
+			ctx, cancel := context.WithTimeout(context.Background(), lim.WriteTimeout)
+			err := c.conn.Write(ctx, websocket.MessageText, b)
+			cancel()
+			if err != nil {
+				// Not reading, or gone: drop the connection; the reader sees it.
+				c.conn.CloseNow()
+				return
+			}
 		}
-		if err != nil {
-			return err
+		cursor = next
+		if ended {
+			c.close()
+			return
+		}
+		select {
+		case <-wait:
+		case <-c.gone:
+			return
 		}
 	}
 }
 
-// parseFrame decodes a text message after authentication. Malformed messages become
-// frames that carry their error, so they are answered in order and the stream goes on.
-//
-// A posted SSE frame may leave "type" out (typeOptional); a WebSocket message may not.
-func parseFrame(data []byte, now time.Time, typeOptional bool) (f session.Frame, ping bool) {
-	return parseFrameTopK(data, now, typeOptional, defaultTopK)
+// close sends the close of a stream that has ended, with the code of its cause.
+func (c *wsConn) close() {
+	if !c.st.Owner(c.gen) {
+		return // another connection took it over
+	}
+	code, reason, send := endOf(c.st.Err())
+	c.closing.Store(true)
+	if !send {
+		c.conn.CloseNow()
+		return
+	}
+	c.conn.Close(code, reason)
 }
 
-// parseFrameTopK is parseFrame for a stream whose frames without top_k get topK.
-func parseFrameTopK(data []byte, now time.Time, typeOptional bool, topK int) (f session.Frame, ping bool) {
-	f = session.Frame{TopK: topK, Start: now}
+// ping checks that the peer answers, every PingInterval: one that does not within
+// the interval is dead, and its connection is dropped (the stream then waits for a
+// resume). A ping runs on a goroutine of its own only while it waits for its pong.
+func (c *wsConn) ping() {
+	every := c.s.registry.Limits().PingInterval
+	// Not the stream's context: its end would fail the ping at once.
+	ctx, cancel := context.WithTimeout(context.Background(), every)
+	err := c.conn.Ping(ctx)
+	cancel()
+	if c.stopped.Load() || c.closing.Load() || c.st.Err() != nil {
+		// Gone, or ending: the graceful close answers the frames in flight and
+		// sends its code, which a failed ping must not cut short.
+		return
+	}
+	if err != nil {
+		c.s.log.Info("dropping dead stream connection", "session_id", c.st.ID)
+		c.conn.CloseNow()
+		return
+	}
+	c.pinger.Reset(every)
+}
+
+// msgKind is what a text message after authentication asks for.
+type msgKind int
+
+const (
+	msgFrame  msgKind = iota // an image (or a malformed message, answered as a frame)
+	msgPing                  // a pong in the answer order
+	msgUpdate                // session.update
+)
+
+// updateOf is a session.update's settings as a session.Update; one the transport
+// refuses (a top_k over its bound) carries the refusal, to be answered in order.
+func updateOf(upd *streamSettings, maxFPS int) session.Update {
+	if upd == nil {
+		return session.Update{Refused: errorf(CodeInvalidRequest, `session.update needs "session": {"mode", "top_k", "fps"} (any of them)`)}
+	}
+	if upd.TopK != nil {
+		if _, err := checkTopK(upd.TopK); err != nil {
+			return session.Update{Refused: errorf(CodeInvalidRequest, "session.top_k must be between 1 and %d", maxTopK)}
+		}
+	}
+	return upd.update()
+}
+
+// parseFrame decodes a text message after authentication as a frame; ping tells a
+// ping. See parseMessage.
+func parseFrame(data []byte, now time.Time, typeOptional bool) (f session.Frame, ping bool) {
+	f, kind, _ := parseMessage(data, now, typeOptional)
+	if f.TopK == 0 {
+		f.TopK = defaultTopK
+	}
+	return f, kind == msgPing
+}
+
+// parseMessage decodes a text message after authentication. Malformed messages become
+// frames that carry their error, so they are answered in order and the stream goes
+// on. A frame without top_k has TopK 0: the stream's setting. A session.update
+// returns its settings (nil when it has none).
+//
+// A posted SSE frame may leave "type" out (typeOptional); a WebSocket message may not.
+func parseMessage(data []byte, now time.Time, typeOptional bool) (f session.Frame, kind msgKind, upd *streamSettings) {
+	f = session.Frame{Start: now}
 	var m clientMessage
 	rest, b64, cut := splitImage(data)
 	if err := strictUnmarshal(rest, &m); err != nil {
 		f.Err = err
-		return f, false
+		return f, msgFrame, nil
 	}
 	if m.Image != nil && !cut {
 		b64 = []byte(*m.Image)
@@ -366,16 +493,27 @@ func parseFrameTopK(data []byte, now time.Time, typeOptional bool, topK int) (f 
 	}
 	switch m.Type {
 	case "ping":
-		if m.Image != nil || m.TopK != nil || m.APIKey != nil || m.Token != nil {
-			break
+		if m.Image != nil || m.TopK != nil || m.APIKey != nil || m.Token != nil || m.Session != nil || m.Resume != nil {
+			f.Err = errorf(CodeInvalidRequest, "a ping message has only a type")
+			return f, msgFrame, nil
 		}
-		return f, true
+		return f, msgPing, nil
+	case "session.update":
+		if m.Image != nil || m.TopK != nil || m.APIKey != nil || m.Token != nil || m.Resume != nil || m.ID != nil {
+			f.Err = errorf(CodeInvalidRequest, `a session.update message has only "type" and "session"`)
+			return f, msgFrame, nil
+		}
+		return f, msgUpdate, m.Session
 	case "frame":
 		switch {
 		case m.APIKey != nil:
 			f.Err = errorf(CodeInvalidRequest, `a frame has no field "api_key"`)
 		case m.Token != nil:
 			f.Err = errorf(CodeInvalidRequest, `a frame has no field "token"`)
+		case m.Session != nil:
+			f.Err = errorf(CodeInvalidRequest, `a frame has no field "session": send settings with {"type":"session.update"}`)
+		case m.Resume != nil:
+			f.Err = errorf(CodeInvalidRequest, `a frame has no field "resume"`)
 		case m.ID != nil && !validID(m.ID):
 			f.Err = errorf(CodeInvalidRequest, `"id" must be a string or a number`)
 		case m.Image == nil:
@@ -388,19 +526,14 @@ func parseFrameTopK(data []byte, now time.Time, typeOptional bool, topK int) (f 
 				f.Image, f.Err = decodeBase64(b64)
 			}
 		}
-		return f, false
 	case "auth":
 		f.Err = errorf(CodeInvalidRequest, "already authenticated")
-		return f, false
 	case "":
 		f.Err = errorf(CodeInvalidRequest, `missing field "type"`)
-		return f, false
 	default:
 		f.Err = errorf(CodeInvalidRequest, "unknown message type %q", truncateString(m.Type, 32))
-		return f, false
 	}
-	f.Err = errorf(CodeInvalidRequest, "a ping message has only a type")
-	return f, false
+	return f, msgFrame, nil
 }
 
 // validID reports whether raw is a JSON string or number, the ids a client may use.
@@ -422,9 +555,9 @@ func closeWith(conn *websocket.Conn, e *Error) {
 const maxCloseReason = 120
 
 // authMessage reads the first message of a header-less stream, which must be an auth
-// message within timeout, with an API key or a client token. It returns the principal
-// and, for a client token, its settings; or the error to close with.
-func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr netip.Prefix) (*storage.Principal, *streamSettings, *Error) {
+// message within timeout: with an API key or a client token, and optionally settings
+// and a resume request; or with only a resume request carrying its resume token.
+func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr netip.Prefix) (streamAuth, *Error) {
 	timedOut := errorf(CodeUnauthorized, "authentication timed out")
 	// A Read whose context ends drops the connection without a close frame, so the
 	// timeout is a timer that closes with 4401 instead, ending the Read.
@@ -434,85 +567,70 @@ func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr n
 	typ, data, err := conn.Read(ctx)
 	if err != nil {
 		if errors.Is(err, websocket.ErrMessageTooBig) {
-			return nil, nil, errorf(CodeImageTooLarge, "auth message too big")
+			return streamAuth{}, errorf(CodeImageTooLarge, "auth message too big")
 		}
-		return nil, nil, timedOut
+		return streamAuth{}, timedOut
 	}
 	if !timer.Stop() {
-		return nil, nil, timedOut
+		return streamAuth{}, timedOut
 	}
 	if typ != websocket.MessageText {
-		return nil, nil, errorf(CodeInvalidRequest, "the first message must be a text auth message")
+		return streamAuth{}, errorf(CodeInvalidRequest, "the first message must be a text auth message")
 	}
 	var m clientMessage
 	if err := strictUnmarshal(data, &m); err != nil {
-		return nil, nil, toError(err)
+		return streamAuth{}, toError(err)
 	}
 	switch m.Type {
 	case "auth":
-	case "frame", "ping":
-		return nil, nil, errorf(CodeUnauthorized, `authenticate first: send {"type":"auth","api_key":...}`)
+	case "frame", "ping", "session.update":
+		return streamAuth{}, errorf(CodeUnauthorized, `authenticate first: send {"type":"auth","api_key":...}`)
 	default:
-		return nil, nil, errorf(CodeInvalidRequest, "unknown message type before auth")
+		return streamAuth{}, errorf(CodeInvalidRequest, "unknown message type before auth")
 	}
 	if m.ID != nil || m.Image != nil || m.TopK != nil {
-		return nil, nil, errorf(CodeInvalidRequest, `an auth message has only "type" and "api_key" or "token"`)
+		return streamAuth{}, errorf(CodeInvalidRequest, `an auth message has only "type", "api_key" or "token", "session" and "resume"`)
 	}
-	var p *storage.Principal
-	var settings *streamSettings
+	auth := streamAuth{resume: m.Resume}
+	if rq := m.Resume; rq != nil {
+		if rq.SessionID == "" || rq.LastSeq == nil || *rq.LastSeq < 0 {
+			return streamAuth{}, errorf(CodeInvalidRequest, `"resume" needs "session_id" and "last_seq" (the seq of the last answer received, 0 for none)`)
+		}
+		if rq.Token != nil {
+			auth.resumeToken = *rq.Token
+		}
+	}
 	switch {
 	case m.APIKey != nil && m.Token != nil:
-		return nil, nil, errorf(CodeInvalidRequest, `an auth message has "api_key" or "token", not both`)
+		return streamAuth{}, errorf(CodeInvalidRequest, `an auth message has "api_key" or "token", not both`)
 	case m.Token != nil && *m.Token != "":
-		p, settings, err = s.redeemClientToken(ctx, addr, *m.Token)
+		auth.p, auth.settings, err = s.redeemClientToken(ctx, addr, *m.Token)
 	case m.APIKey != nil && *m.APIKey != "":
 		if storage.IsClientToken(*m.APIKey) {
 			s.metrics.clientTokens.WithLabelValues("wrong_route").Inc()
-			return nil, nil, errorf(CodeUnauthorized, `a client token goes in "token", not "api_key"`)
+			return streamAuth{}, errorf(CodeUnauthorized, `a client token goes in "token", not "api_key"`)
 		}
-		p, err = s.authenticate(ctx, addr, *m.APIKey)
+		auth.p, err = s.authenticate(ctx, addr, *m.APIKey)
+	case auth.resumeToken != "":
+		if m.Session != nil {
+			return streamAuth{}, errorf(CodeInvalidRequest, `a resumed stream keeps its settings: send "session" without "resume", or session.update after ready`)
+		}
+		return auth, nil
 	default:
-		return nil, nil, errorf(CodeUnauthorized, "missing api_key or token")
+		return streamAuth{}, errorf(CodeUnauthorized, "missing api_key or token")
 	}
 	if err != nil {
 		e := toError(err)
 		if e.Code == CodeInternal {
 			s.log.Error("stream auth", "err", err)
 		}
-		return nil, nil, e
+		return streamAuth{}, e
 	}
-	return p, settings, nil
-}
-
-// keepalive pings the peer every PingInterval; a peer that does not answer within
-// the interval is dead, and its connection is closed. Once the stream is ending
-// (shutdown, revocation) it stops: the graceful close answers the frames in flight
-// and sends its close code, which a failed ping must not cut short.
-func (s *Server) keepalive(conn *websocket.Conn, st *session.Stream, stop <-chan struct{}) {
-	every := s.registry.Limits().PingInterval
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-st.Context().Done():
-			return
-		case <-t.C:
-			// Not the stream's context: its end would fail the ping at once.
-			ctx, cancel := context.WithTimeout(context.Background(), every)
-			err := conn.Ping(ctx)
-			cancel()
-			if err != nil {
-				if st.Context().Err() != nil {
-					return // ending gracefully; the close is under way
-				}
-				s.log.Info("closing dead stream", "session_id", st.ID)
-				conn.CloseNow()
-				return
-			}
-		}
+	auth.settings = auth.settings.over(m.Session)
+	if err := auth.settings.check(auth.p.User.FramesPerSecond); err != nil {
+		return streamAuth{}, toError(err)
 	}
+	return auth, nil
 }
 
 func truncateString(s string, n int) string {

@@ -423,14 +423,20 @@ func newGated(t testing.TB) *gated {
 	return &gated{Classifier: realModel(t), gate: make(chan struct{})}
 }
 
-func (g *gated) Classify(ctx context.Context, img []byte, k int) (*infer.Result, error) {
+func (g *gated) Submit(ctx context.Context, img []byte, k int, done func(*infer.Result, error)) error {
 	g.calls.Add(1)
-	select {
-	case <-g.gate:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	return g.Classifier.Classify(ctx, img, k)
+	go func() {
+		select {
+		case <-g.gate:
+		case <-ctx.Done():
+			done(nil, ctx.Err())
+			return
+		}
+		if err := g.Classifier.Submit(ctx, img, k, done); err != nil {
+			done(nil, err)
+		}
+	}()
+	return nil
 }
 
 func TestStreamBackpressure(t *testing.T) {
@@ -455,9 +461,9 @@ func TestStreamBackpressure(t *testing.T) {
 	// Two frames in the model, and the reader parked in Submit with the third,
 	// waiting for a slot: it reads nothing more until one frees.
 	waitFor(t, "two frames in the model", func() bool { return g.calls.Load() == 2 })
-	waitGoroutine(t, "transport.(*Server).readFrames(", "session.(*Stream).Submit(")
+	waitGoroutine(t, "transport.(*wsConn).read(", "session.(*Stream).Submit(")
 	st, _ := e.srv.Registry().Get(ready.SessionID)
-	received, _ := st.Counts()
+	received, _, _ := st.Counts()
 	if calls := g.calls.Load(); calls != 2 || received != 2 {
 		t.Fatalf("with the model blocked: %d in the model, %d frames admitted (want 2 and 2)", calls, received)
 	}
@@ -487,7 +493,10 @@ func (l smallBuffers) Accept() (net.Conn, error) {
 func TestStreamSlowReaderClosed(t *testing.T) {
 	e := newEnv(t,
 		withListener(func(l net.Listener) net.Listener { return smallBuffers{l} }),
-		withLimits(func(l *Limits) { l.Stream.WriteTimeout = 300 * time.Millisecond }))
+		withLimits(func(l *Limits) {
+			l.Stream.WriteTimeout = 300 * time.Millisecond
+			l.Stream.ResumeWindow = 200 * time.Millisecond
+		}))
 	// fps 1: almost every frame is refused at once, so answers come fast without
 	// using the model, and a client that does not read falls behind quickly.
 	key := e.newKey(t, "slow-reader@test", storage.Limits{FramesPerSecond: 1})
@@ -523,8 +532,9 @@ func TestStreamSlowReaderClosed(t *testing.T) {
 	waitFor(t, "the session's end recorded", func() bool {
 		return e.db.Bun.NewRaw("SELECT close_code FROM sessions").Scan(context.Background(), &code) == nil && code != nil
 	})
-	if *code != 1011 {
-		t.Fatalf("close code recorded %d, want 1011", *code)
+	// Dropped, not closed: it waited for a resume, which did not come.
+	if *code != 1006 {
+		t.Fatalf("close code recorded %d, want 1006", *code)
 	}
 }
 
@@ -621,16 +631,18 @@ func testStreamShutdownDrains(t *testing.T, ping time.Duration) {
 
 // TestStreamClientLeavesMidFrame: a client vanishes (no close frame) while its frame
 // is in the model. The server notices at once (its read loop ends and the stream
-// drains), still answers and logs the frame, and records the abnormal closure.
+// waits for a resume), still answers and logs the frame, and records the abnormal
+// closure when no resume comes.
 func TestStreamClientLeavesMidFrame(t *testing.T) {
 	g := newGated(t)
-	e := newEnv(t, withClassifier(g))
+	e := newEnv(t, withClassifier(g), withLimits(func(l *Limits) { l.Stream.ResumeWindow = 200 * time.Millisecond }))
 	c, ready := e.stream(t, e.key)
 	write(t, c, websocket.MessageBinary, smallPNG(t))
 	waitFor(t, "the frame in the model", func() bool { return g.calls.Load() == 1 })
 	c.CloseNow()
 	// Noticed while the frame is still in the model, not when its answer fails to go.
-	waitGoroutine(t, "transport.(*Server).runStream(", "session.(*Stream).Drain(")
+	live, _ := e.srv.Registry().Get(ready.SessionID)
+	waitFor(t, "the stream detached", func() bool { return !live.Owner(1) })
 	close(g.gate)
 	st := waitSession(t, e, ready.SessionID)
 	if st.CloseCode == nil || *st.CloseCode != int(websocket.StatusAbnormalClosure) || st.FramesReceived != 1 {
@@ -681,7 +693,10 @@ func TestServerStreamCap(t *testing.T) {
 // TestStreamDeadPeer: a peer that stops answering pings (this client never reads, so
 // it never sees them) is closed after the ping interval.
 func TestStreamDeadPeer(t *testing.T) {
-	e := newEnv(t, withLimits(func(l *Limits) { l.Stream.PingInterval = 150 * time.Millisecond }))
+	e := newEnv(t, withLimits(func(l *Limits) {
+		l.Stream.PingInterval = 150 * time.Millisecond
+		l.Stream.ResumeWindow = 200 * time.Millisecond
+	}))
 	_, ready := e.stream(t, e.key)
 	st := waitSession(t, e, ready.SessionID)
 	if st.CloseCode == nil || *st.CloseCode != int(websocket.StatusAbnormalClosure) {
@@ -706,12 +721,13 @@ func TestStreamFrameTimeout(t *testing.T) {
 	}
 }
 
-// failing is the real model's description with a Classify that always fails, as a
+// failing is the real model's description with a Submit that always fails, as a
 // broken model run would: the real model cannot be made to fail on demand.
 type failing struct{ Classifier }
 
-func (failing) Classify(context.Context, []byte, int) (*infer.Result, error) {
-	return nil, errors.New("onnxruntime: run: test failure")
+func (failing) Submit(_ context.Context, _ []byte, _ int, done func(*infer.Result, error)) error {
+	done(nil, errors.New("onnxruntime: run: test failure"))
+	return nil
 }
 
 // streamFrame opens a stream of the given transport ("ws" or "sse"), runs before (if
@@ -863,8 +879,8 @@ func TestStreamResultWaitsForCommit(t *testing.T) {
 				}
 				nothingYet = func() {
 					// The session's sink is its replay buffer, which the event stream reads.
-					ss := e.srv.sse.get(sessionID)
-					if evs, _, _, _, _ := ss.replay.After(ss.replay.Since(0)); len(evs) != 0 {
+					ss, _ := e.srv.Registry().Get(sessionID)
+					if evs, _, _, _, _ := ss.Replay().After(ss.Replay().Since(0)); len(evs) != 0 {
 						t.Fatalf("%+v reached the event stream while its row could not commit", evs)
 					}
 				}
@@ -874,7 +890,6 @@ func TestStreamResultWaitsForCommit(t *testing.T) {
 			send()
 			// The frame is classified and waits for its row, which the writer, trying
 			// to commit, cannot write.
-			waitGoroutine(t, "session.(*Stream).process(", "storage.(*Writer).Write(")
 			waitGoroutine(t, "storage.(*Writer).insert(")
 			nothingYet()
 			release()

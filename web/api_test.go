@@ -399,3 +399,93 @@ func TestDocsPage(t *testing.T) {
 		t.Errorf("docs.html loads an external resource: %q", m)
 	}
 }
+
+// TestOpenAPIDiscriminators: every discriminated union maps each of its type values to
+// a schema whose "type" property is that constant, and maps every member of its oneOf,
+// so a client that dispatches on "type" finds the schema the document means.
+func TestOpenAPIDiscriminators(t *testing.T) {
+	doc := loadDoc(t)
+	n := 0
+	walk(doc, "#", func(path string, v any) {
+		o, ok := v.(object)
+		if !ok {
+			return
+		}
+		disc, ok := o["discriminator"].(object)
+		if !ok {
+			return
+		}
+		n++
+		prop, _ := disc["propertyName"].(string)
+		mapping, _ := disc["mapping"].(object)
+		mapped := map[string]bool{}
+		for value, ref := range mapping {
+			mapped[ref.(string)] = true
+			s := deref(t, doc, object{"$ref": ref})
+			props, _ := s["properties"].(object)
+			p, _ := props[prop].(object)
+			if p["const"] != value {
+				t.Errorf("%s: mapping %q -> %s, whose %q is %v", path, value, ref, prop, p["const"])
+			}
+		}
+		members, _ := o["oneOf"].([]any)
+		for _, m := range members {
+			ref, _ := m.(object)["$ref"].(string)
+			if !mapped[ref] {
+				t.Errorf("%s: oneOf member %v is not in the discriminator's mapping", path, m)
+			}
+		}
+		if len(members) != len(mapping) {
+			t.Errorf("%s: %d oneOf members, %d mappings", path, len(members), len(mapping))
+		}
+	})
+	if n == 0 {
+		t.Fatal("no discriminator found")
+	}
+}
+
+// TestOpenAPISchemaExamples: the examples of every component schema that lists its
+// properties have every required field and, where the schema allows no other
+// properties, only fields it describes. The document's examples are what readers copy.
+func TestOpenAPISchemaExamples(t *testing.T) {
+	doc := loadDoc(t)
+	schemas := doc["components"].(object)["schemas"].(object)
+	n := 0
+	for name, v := range schemas {
+		s := v.(object)
+		props, ok := s["properties"].(object)
+		exs, _ := s["examples"].([]any)
+		if !ok || len(exs) == 0 {
+			continue
+		}
+		closed := s["additionalProperties"] == false
+		required, _ := s["required"].([]any)
+		for i, ex := range exs {
+			m, ok := ex.(object)
+			if !ok {
+				t.Errorf("%s: example %d is not an object", name, i)
+				continue
+			}
+			n++
+			for _, r := range required {
+				if _, ok := m[r.(string)]; !ok {
+					t.Errorf("%s: example %d lacks required %q", name, i, r)
+				}
+			}
+			for f := range m {
+				if _, ok := props[f]; !ok && closed {
+					t.Errorf("%s: example %d has %q, which the schema does not describe", name, i, f)
+				}
+			}
+			for f, p := range props {
+				c, ok := deref(t, doc, p)["const"]
+				if ok && m[f] != nil && m[f] != c {
+					t.Errorf("%s: example %d has %s %v, the schema's const is %v", name, i, f, m[f], c)
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no schema example found")
+	}
+}

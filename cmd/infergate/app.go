@@ -129,6 +129,7 @@ func (m *Main) Run(ctx context.Context) error {
 				PingInterval:    c.pingInterval,
 				Heartbeat:       c.heartbeat,
 				IdleExpiry:      c.sessionExpiry,
+				ResumeWindow:    c.resumeWindow,
 				Replay:          c.replay,
 				RevocationPoll:  c.revocationPoll,
 				FrameTimeout:    c.frameTimeout,

@@ -35,6 +35,7 @@ type config struct {
 	authTimeout, writeTimeout       time.Duration
 	pingInterval, heartbeat         time.Duration
 	sessionExpiry, revocationPoll   time.Duration
+	resumeWindow                    time.Duration
 	frameTimeout                    time.Duration
 	replay, maxStreams, maxBodies   int
 	modelCheck                      time.Duration
@@ -100,6 +101,7 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.pingInterval, "ping-interval", 20*time.Second, "WebSocket keepalive ping period; no pong within it closes the stream")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 15*time.Second, "SSE comment line period")
 	fs.DurationVar(&c.sessionExpiry, "session-expiry", 5*time.Minute, "an SSE session with no event stream for this long ends")
+	fs.DurationVar(&c.resumeWindow, "resume-window", 30*time.Second, "a WebSocket stream whose connection dropped waits this long to be resumed")
 	fs.DurationVar(&c.revocationPoll, "revocation-poll", time.Second, "how often open streams are checked for revoked keys")
 	fs.DurationVar(&c.frameTimeout, "frame-timeout", 30*time.Second, "longest a stream frame waits for the model")
 	fs.IntVar(&c.replay, "replay", 256, "SSE events kept per session for Last-Event-ID")
