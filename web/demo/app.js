@@ -991,7 +991,9 @@
         }
         sess.resume = null;
         sess.id = (m.resume && m.resume.session_id) || '';
-        sess.token = (m.resume && m.resume.token) || '';
+        // The server gives the resume token once, in the stream's first "ready": a
+        // resumed stream keeps the one it had.
+        sess.token = (m.resume && m.resume.token) || (c.resumed && c.resumed.ok ? sess.token : '');
         sess.windowMs = (m.resume && m.resume.window_ms) || 0;
         onReady(c, m);
         return;
