@@ -18,8 +18,8 @@
 //   keeps the webcam in mode "ordered" too (frames over the limit are then refused).
 // - Resume. A WebSocket that closes with 1006 (no close frame: the network, a proxy, a
 //   server gone) after "ready" is resumed: the page reconnects with "resume":
-//   {"session_id", "last_seq"} in the auth message, a few times with a growing wait,
-//   all within the window the server gave in ready.resume. With an API key the key
+//   {"session_id", "last_seq"} in the auth message, waiting longer each time (200 ms
+//   up to 8 s), for as long as the window the server gave in ready.resume lasts. With an API key the key
 //   rides along (a failed resume then gets a fresh stream, and the images it had not
 //   answered are sent again); with a client token, which opens one stream once, only
 //   the resume token from ready.resume does (a failed resume ends there: 4401). The
@@ -46,8 +46,10 @@
   const POST_IN_FLIGHT = 2; // concurrent POST /v1/classify requests
   const WINDOW_SLACK_MS = 60; // see windowWait
   const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
-  // Waits before each attempt to resume a dropped WebSocket stream; after the last one,
-  // or once the server's resume window would be over, the page opens a fresh stream.
+  // Waits before each attempt to resume a dropped WebSocket stream, the last one
+  // repeated; once the server's resume window (less a second) would be over before the
+  // next attempt, the page gives up and opens a fresh stream. With the default window
+  // of 30 s that is at most 8 attempts.
   const RESUME_BACKOFF_MS = [200, 500, 1000, 2000, 4000, 8000];
   const RESUME_WINDOW_MS = 30000; // until ready.resume.window_ms says otherwise
   const TIMING_PARTS = ['queue', 'decode', 'preprocess', 'inference', 'log'];
@@ -793,16 +795,16 @@
       sess.resume = { attempts: 0, deadline: now + (sess.windowMs || RESUME_WINDOW_MS) };
     }
     const r = sess.resume;
-    const wait = RESUME_BACKOFF_MS[r.attempts];
-    if (wait == null || now + wait > r.deadline - 1000) {
+    const wait = RESUME_BACKOFF_MS[Math.min(r.attempts, RESUME_BACKOFF_MS.length - 1)];
+    if (now + wait > r.deadline - 1000) {
       abandonResume('the server\'s resume window is over');
       return false;
     }
     r.attempts++;
     resumeFrom = sess;
     state.connNotice = true;
-    setStatus('warn', 'Connection lost.', 'Resuming the stream (attempt ' + r.attempts + ' of ' +
-      RESUME_BACKOFF_MS.length + ')…');
+    setStatus('warn', 'Connection lost.', 'Resuming the stream (attempt ' + r.attempts + ', within ' +
+      Math.round((r.deadline - now) / 1000) + ' s)…');
     scheduleReconnect(wait);
     return true;
   }

@@ -629,6 +629,23 @@ describe('demo page', { timeout: 15 * 60_000 }, () => {
       }
     });
 
+  test('a stream the server closes with a code (4401: its key revoked) is not resumed',
+    { timeout: TEST_TIMEOUT, skip: NO_CLI }, async () => {
+      const key = createKey('revoked', 5);
+      const s = await openDemo(browser, { key });
+      const { page } = s;
+      const conns = recordStreams(page);
+      await pickDog(page);
+      await waitForDog(page);
+      execFileSync(BIN, ['keys', 'revoke', key.slice(0, 8), '--db', DB], { stdio: 'ignore' });
+      await waitForText(page, 'conn-state', /^invalid key$/); // within 5 s, SPEC says
+      await page.waitForTimeout(1500); // a resume would have been tried by now
+      assert.equal(conns.length, 1, 'no attempt to resume or reconnect');
+      assert.equal(await num(page, 'resumed'), 0);
+      assert.match(await page.getByTestId('status').textContent(), /Invalid API key/);
+      await close(s);
+    });
+
   // streamAcrossDrops opens the page through a proxy, starts the webcam, and drops the
   // connection twice: once plainly, once while new connections are refused for a while,
   // so that the first attempts to resume fail. It checks that the page resumed the same
