@@ -531,7 +531,10 @@
     state.authFailed = true;
     el.key.setAttribute('aria-invalid', 'true');
     setConn('invalid key', 'error');
-    if (isClientToken(state.key)) {
+    if (isClientToken(state.key) && /^resume failed/.test(message || '')) {
+      setStatus('error', 'The stream could not be resumed.',
+        'Its client token opened it once and cannot open another: mint a new one (POST /v1/client_tokens).', message);
+    } else if (isClientToken(state.key)) {
       setStatus('error', 'Client token refused (unauthorized).',
         'A client token opens one stream, once, before it expires: mint a new one (POST /v1/client_tokens).', message);
     } else {
