@@ -332,26 +332,32 @@
     }
   }
 
-  // renderTiming shows where the server spent the time of one result: its "timing"
-  // parts as a stacked bar (scaled to their sum) and in ms, and "batch", the number
-  // of images in the model run that served it. A result without them (POST
+  // renderTiming shows where the server spent the time of one result. Its "timing"
+  // has the model's parts (queue, decode, preprocess, inference), which fall within
+  // latency_ms, and log_ms, the commit of its log row, which follows latency_ms and
+  // comes before the answer. The bar spans latency_ms + log_ms: the model's parts, a
+  // gap for the rest of latency_ms (reading, scheduling), then the log. "batch" is the
+  // number of images in the model run that served it. A result without timing (POST
   // /v1/classify) shows dashes.
   function renderTiming(meta) {
     const t = meta && meta.timing;
     el.timing.dataset.empty = t ? 'false' : 'true';
-    let sum = 0;
-    if (t) for (const p of TIMING_PARTS) sum += Math.max(0, Number(t[p + '_ms']) || 0);
+    const v = (p) => (t ? Math.max(0, Number(t[p + '_ms']) || 0) : 0);
+    let model = 0;
+    for (const p of TIMING_PARTS) if (p !== 'log') model += v(p);
+    const latency = meta && typeof meta.server === 'number' ? meta.server : model;
+    const span = Math.max(latency, model) + v('log');
+    const width = (ms) => (t && span > 0 ? (ms / span * 100).toFixed(2) + '%' : '0');
     for (const p of TIMING_PARTS) {
-      const v = t ? Number(t[p + '_ms']) : NaN;
-      el.timing.querySelector('dd[data-testid="timing-' + p + '"]').textContent = t && isFinite(v) ? fmtMs(v) : '–';
-      const seg = el.timingBar.querySelector('[data-part="' + p + '"]');
-      seg.style.width = t && sum > 0 ? (Math.max(0, v || 0) / sum * 100).toFixed(2) + '%' : '0';
+      const raw = t ? Number(t[p + '_ms']) : NaN;
+      el.timing.querySelector('dd[data-testid="timing-' + p + '"]').textContent = t && isFinite(raw) ? fmtMs(raw) : '–';
+      el.timingBar.querySelector('[data-part="' + p + '"]').style.width = width(v(p));
     }
+    el.timingBar.querySelector('[data-part="other"]').style.width = width(Math.max(0, latency - model));
     const batch = meta && meta.batch;
     el.timing.querySelector('dd[data-testid="timing-batch"]').textContent =
       t && batch ? batch + (batch === 1 ? ' image' : ' images') : '–';
-    el.timingTotal.textContent = !t ? ''
-      : 'parts ' + fmtMs(sum) + (typeof meta.server === 'number' ? ' · latency ' + fmtMs(meta.server) : '');
+    el.timingTotal.textContent = t ? 'latency ' + fmtMs(latency) + ', then log ' + fmtMs(v('log')) : '';
   }
 
   function renderThumb(item) {
