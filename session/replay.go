@@ -9,23 +9,29 @@ import "sync"
 // lost events, and After says so. Safe for concurrent use.
 type Replay struct {
 	mu      sync.Mutex // guards the fields below
-	buf     []Event    // ring of the last len(buf) events
-	n       int        // events ever sent
-	lastSeq int64      // the seq of the last frame answer sent
+	buf     []Event    // ring of the last size events; grows to size as events come
+	size    int
+	n       int   // events ever sent
+	lastSeq int64 // the seq of the last frame answer sent
 	notify  chan struct{}
 	ended   bool
 }
 
 // NewReplay returns a Replay keeping the last n events.
 func NewReplay(n int) *Replay {
-	return &Replay{buf: make([]Event, n), notify: make(chan struct{})}
+	// The ring is allocated as it fills: an idle stream holds none of it.
+	return &Replay{size: n, notify: make(chan struct{})}
 }
 
 // Send appends ev and wakes the listeners.
 func (r *Replay) Send(ev Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.buf[r.n%len(r.buf)] = ev
+	if len(r.buf) < r.size {
+		r.buf = append(r.buf, ev)
+	} else {
+		r.buf[r.n%r.size] = ev
+	}
 	r.n++
 	if ev.Kind.IsFrame() {
 		r.lastSeq = ev.Seq
@@ -55,9 +61,9 @@ type Cursor int
 func (r *Replay) Since(seq int64) Cursor {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	first := max(0, r.n-len(r.buf))
+	first := max(0, r.n-r.size)
 	for i := first; i < r.n; i++ {
-		if r.buf[i%len(r.buf)].Seq > seq {
+		if r.buf[i%r.size].Seq > seq {
 			return Cursor(i)
 		}
 	}
@@ -77,8 +83,8 @@ func (r *Replay) Resume(lastSeq int64) (c Cursor, ok bool) {
 	case lastSeq > r.lastSeq || lastSeq < 0:
 		return 0, false
 	}
-	for i := max(0, r.n-len(r.buf)); i < r.n; i++ {
-		if ev := r.buf[i%len(r.buf)]; ev.Kind.IsFrame() && ev.Seq == lastSeq+1 {
+	for i := max(0, r.n-r.size); i < r.n; i++ {
+		if ev := r.buf[i%r.size]; ev.Kind.IsFrame() && ev.Seq == lastSeq+1 {
 			return Cursor(i), true
 		}
 	}
@@ -98,12 +104,12 @@ func (r *Replay) Head() Cursor {
 func (r *Replay) After(c Cursor) (evs []Event, next Cursor, wait <-chan struct{}, lost, ended bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	first := max(0, r.n-len(r.buf))
+	first := max(0, r.n-r.size)
 	if int(c) < first {
 		lost, c = true, Cursor(first)
 	}
 	for i := int(c); i < r.n; i++ {
-		evs = append(evs, r.buf[i%len(r.buf)])
+		evs = append(evs, r.buf[i%r.size])
 	}
 	if r.ended {
 		return evs, Cursor(r.n), r.notify, lost, len(evs) == 0

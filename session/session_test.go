@@ -568,3 +568,27 @@ func TestPipelineLogTime(t *testing.T) {
 		t.Errorf("latency %v, log %v; want 3ms and 7ms", out.Latency, out.Log)
 	}
 }
+
+// TestReplacedOwner: once a new connection owns a stream, the old one's frames are
+// refused, so the count of frames read that a resume reports is final.
+func TestReplacedOwner(t *testing.T) {
+	cls := &reorder{gates: map[byte]chan struct{}{'a': closed()}}
+	reg, _, _ := newTestRegistry(t, cls, Limits{})
+	st, err := reg.Open(context.Background(), OpenParams{Principal: principal(10, 4), Transport: "ws", Kick: func() {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Submit(context.Background(), Frame{Image: []byte("a"), Owner: 1}); err != nil {
+		t.Fatal(err)
+	}
+	gen := st.Attach(func() {})
+	if _, _, err := st.Submit(context.Background(), Frame{Image: []byte("a"), Owner: 1}); !errors.Is(err, ErrReplaced) {
+		t.Fatalf("a frame of the replaced owner: %v", err)
+	}
+	if err := st.Ping(context.Background(), 1); !errors.Is(err, ErrReplaced) {
+		t.Fatalf("a ping of the replaced owner: %v", err)
+	}
+	if _, _, err := st.Submit(context.Background(), Frame{Image: []byte("a"), Owner: gen}); err != nil || st.Seq() != 2 {
+		t.Fatalf("the new owner's frame: %v, seq %d", err, st.Seq())
+	}
+}

@@ -26,6 +26,9 @@ var (
 	ErrExpired = errors.New("session: expired")
 	// ErrClosed: the stream has ended and takes no more frames.
 	ErrClosed = errors.New("session: stream closed")
+	// ErrReplaced refuses what a connection sends after another connection took
+	// its stream over (a resume).
+	ErrReplaced = errors.New("session: stream taken over by another connection")
 	// ErrSettings wraps a settings update that is out of range; it changes nothing.
 	ErrSettings = errors.New("session: invalid settings")
 )
@@ -67,6 +70,8 @@ type Update struct {
 	// Refused, when set, is why the caller refused the update: it is answered
 	// with this error in its place in the order, and changes nothing.
 	Refused error
+	// Owner is as Frame.Owner.
+	Owner uint64
 }
 
 // Frame is one image a client sent on a stream.
@@ -82,6 +87,10 @@ type Frame struct {
 	// upgrade, or the frame's POST for SSE). It is only logged, with the frame's
 	// failures, so that a client's report can be matched to the server's log.
 	RequestID string
+	// Owner, when not 0, is the owner generation (Attach) of the connection that
+	// read the frame: a frame of an owner that was replaced is refused with
+	// ErrReplaced, so a resume's count of the frames read is final.
+	Owner uint64
 }
 
 // Event is one message for the client, in stream order.
@@ -222,15 +231,20 @@ func (s *Stream) Peek(now time.Time) ratelimit.Decision {
 	return s.limiter.Peek(now)
 }
 
-// admit waits until the stream may take one more entry: in ordered mode while
-// MaxInFlight frames are unanswered, in any mode while the order is as long as the
-// ring (a client far behind). It returns with s.mu held, or an error without it.
-func (s *Stream) admit(ctx context.Context, frame bool) error {
+// admit waits until the stream may take one more entry from owner (0 = any): in
+// ordered mode while MaxInFlight frames are unanswered, in any mode while the order
+// is as long as the ring (a client far behind). It returns with s.mu held, or an
+// error without it.
+func (s *Stream) admit(ctx context.Context, owner uint64, frame bool) error {
 	for {
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
 			return ErrClosed
+		}
+		if owner != 0 && owner != s.owner {
+			s.mu.Unlock()
+			return ErrReplaced
 		}
 		full := len(s.order) >= s.limits.Replay ||
 			(frame && s.settings.Mode == Ordered && s.inFlight >= s.limits.MaxInFlight)
@@ -258,7 +272,7 @@ func (s *Stream) Submit(ctx context.Context, f Frame) (int64, *LimitedError, err
 	if f.Start.IsZero() {
 		f.Start = s.reg.now()
 	}
-	if err := s.admit(ctx, true); err != nil {
+	if err := s.admit(ctx, f.Owner, true); err != nil {
 		return 0, nil, err
 	}
 	s.seq++
@@ -430,9 +444,9 @@ func (s *Stream) advance() {
 	}
 }
 
-// Ping queues a pong in the answer order.
-func (s *Stream) Ping(ctx context.Context) error {
-	if err := s.admit(ctx, false); err != nil {
+// Ping queues a pong in the answer order, for owner (0 = any; see Frame.Owner).
+func (s *Stream) Ping(ctx context.Context, owner uint64) error {
+	if err := s.admit(ctx, owner, false); err != nil {
 		return err
 	}
 	s.order = append(s.order, &entry{ev: Event{Kind: KindPong}, done: true})
@@ -446,7 +460,7 @@ func (s *Stream) Ping(ctx context.Context) error {
 // (wrapping ErrSettings) when a value is out of range, takes its place in the
 // order. It returns the settings in force after it, and the refusal if any.
 func (s *Stream) Update(ctx context.Context, u Update) (Settings, error) {
-	if err := s.admit(ctx, false); err != nil {
+	if err := s.admit(ctx, u.Owner, false); err != nil {
 		return Settings{}, err
 	}
 	ev := Event{Kind: KindUpdated}

@@ -30,7 +30,7 @@ func TestSessions(t *testing.T) {
 	}
 
 	end := t0.Add(time.Minute)
-	if err := db.EndSession(ctx, s.ID, SessionEnd{EndedAt: end, Received: 12, Rejected: 3, CloseCode: 1000}); err != nil {
+	if err := db.EndSession(ctx, s.ID, SessionEnd{EndedAt: end, Received: 12, Rejected: 3, Skipped: 4, CloseCode: 1000}); err != nil {
 		t.Fatal(err)
 	}
 	// A second end changes nothing.
@@ -41,7 +41,7 @@ func TestSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.EndedAt == nil || !got.EndedAt.Equal(end) || got.FramesReceived != 12 || got.FramesRejected != 3 ||
+	if got.EndedAt == nil || !got.EndedAt.Equal(end) || got.FramesReceived != 12 || got.FramesRejected != 3 || got.FramesSkipped != 4 ||
 		got.CloseCode == nil || *got.CloseCode != 1000 || got.UserAgent != s.UserAgent || got.RemoteAddr != s.RemoteAddr {
 		t.Errorf("ended session %+v", got)
 	}

@@ -567,3 +567,40 @@ func benchWriter(b *testing.B, synchronous string, writers int) {
 		b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
 	}
 }
+
+// TestWriterAsync: WriteAsync returns at once and calls done after the commit that
+// holds the row, with the row's id set; a bad row is refused at once, done never
+// called.
+func TestWriterAsync(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newWriterEnv(t, WriterOptions{})
+	const n = 50
+	done := make(chan error, n)
+	rows := make([]*InferenceLog, n)
+	for i := range rows {
+		rows[i] = e.row(int64(i))
+		row := rows[i]
+		if err := e.w.WriteAsync(ctx, row, func(err error) {
+			if err == nil && row.ID == 0 {
+				err = errors.New("no id after the commit")
+			}
+			done <- err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range n {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.count(t); got != n {
+		t.Fatalf("%d rows committed, want %d", got, n)
+	}
+	bad := e.row(0)
+	bad.UserID = 0
+	if err := e.w.WriteAsync(ctx, bad, func(error) { t.Error("done called for a refused row") }); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad row: %v", err)
+	}
+}

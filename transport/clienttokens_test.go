@@ -391,3 +391,20 @@ func TestClientTokenMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestClientTokenSettings: every setting given at minting is the stream's start, and
+// the auth message's settings go on top of them.
+func TestClientTokenSettings(t *testing.T) {
+	e := newEnv(t, withClock(newClock()))
+	key := e.newKey(t, "token-settings@test", storage.Limits{FramesPerSecond: 10})
+	tok := e.mint(t, key, `{"session": {"mode": "latest", "top_k": 2, "fps": 5}}`).Token
+	_, ready := e.authed(t, `{"type":"auth","token":"`+tok+`","session":{"top_k":3}}`)
+	if ready.Type != "ready" || ready.Session == nil || *ready.Session != (settingsMessage{Mode: "latest", TopK: 3, FPS: 5}) || ready.Limits.Frames != 5 {
+		t.Fatalf("ready %+v session %+v", ready, ready.Session)
+	}
+	tok = e.mint(t, key, `{"session": {"mode": "latest", "fps": 2}}`).Token
+	s := e.openSession(t, tok)
+	if s.Limits.Frames != 2 {
+		t.Fatalf("SSE session of a token with fps 2: limits %+v", s.Limits)
+	}
+}

@@ -48,7 +48,7 @@ func newMetrics(queueLen func() float64, writer func() storage.WriterStats) *met
 			Name: "infergate_rate_limited_total", Help: "Requests and frames refused by a rate limiter, by transport.",
 		}, []string{"transport"}),
 		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "infergate_stream_frames_total", Help: "Stream frames by transport and outcome (ok or error code).",
+			Name: "infergate_stream_frames_total", Help: "Stream frames by transport and outcome (ok, skipped, or error code).",
 		}, []string{"transport", "outcome"}),
 		frameTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "infergate_stream_frame_duration_seconds", Help: "Stream frame latency, from reading the frame to its answer being ready, by transport.", Buckets: latencyBuckets,

@@ -470,8 +470,11 @@ func (s *Server) streamHooks() session.Hooks {
 		Rejected: func(t string) { s.metrics.rejected.WithLabelValues(t).Inc() },
 		Answered: func(t string, ev session.Event) {
 			outcome := "ok"
-			if ev.Kind == session.KindError {
+			switch ev.Kind {
+			case session.KindError:
 				outcome = streamError(ev.Err).Code
+			case session.KindSkipped:
+				outcome = "skipped"
 			}
 			s.metrics.frames.WithLabelValues(t, outcome).Inc()
 			s.metrics.frameTime.WithLabelValues(t).Observe(ev.Latency.Seconds())

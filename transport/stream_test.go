@@ -166,6 +166,10 @@ func TestStreamLatest(t *testing.T) {
 	if rows != 2 {
 		t.Fatalf("%d log rows, want 2: skipped frames are counted, not logged", rows)
 	}
+	_, body := e.do(t, "GET", "/metrics", "", "", nil)
+	if want := `infergate_stream_frames_total{outcome="skipped",transport="ws"} 4`; !strings.Contains(string(body), want) {
+		t.Errorf("metrics lack %q", want)
+	}
 }
 
 // TestStreamResume: a WebSocket that drops without a close is resumed, by key or by
@@ -329,5 +333,37 @@ func TestSSESettings(t *testing.T) {
 		if ev.name != w.name || ev.id != w.id {
 			t.Fatalf("event %+v, want %s id %q", ev, w.name, w.id)
 		}
+	}
+}
+
+// TestStreamResumeTakeover: a resume that arrives while the old connection still looks
+// alive (its drop not yet noticed) takes the stream over; the old one is dropped.
+func TestStreamResumeTakeover(t *testing.T) {
+	e := newEnv(t)
+	key := e.newKey(t, "takeover@test", storage.Limits{FramesPerSecond: 100, MaxConnections: 1})
+	c, ready := e.stream(t, key)
+	write(t, c, websocket.MessageBinary, smallPNG(t))
+	if m := read(t, c); m.Type != "result" || m.Seq != 1 {
+		t.Fatalf("%+v", m)
+	}
+	c2, _, err := e.dialWith(t, "?resume="+ready.SessionID+"&last_seq=1", "Authorization", "Bearer "+key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := read11(t, c2); r.Resumed == nil || !*r.Resumed || r.SessionID != ready.SessionID {
+		t.Fatalf("takeover ready %+v", r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, err := c.Read(ctx); err == nil || websocket.CloseStatus(err) != -1 {
+		t.Fatalf("the old connection must be dropped (no close frame): %v", err)
+	}
+	write(t, c2, websocket.MessageBinary, smallPNG(t))
+	if m := read11(t, c2); m.Type != "result" || m.Seq != 2 {
+		t.Fatalf("after the takeover %+v", m)
+	}
+	c2.Close(websocket.StatusNormalClosure, "")
+	if st := waitSession(t, e, ready.SessionID); st.FramesReceived != 2 || *st.CloseCode != 1000 {
+		t.Fatalf("session %+v", st)
 	}
 }

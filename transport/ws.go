@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -176,12 +177,18 @@ type wsConn struct {
 // request's context no longer ends with the client, so lifetimes come from the
 // connection and the stream.
 func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamAuth) {
-	defer conn.CloseNow()
 	if !s.conns.add() {
 		closeWith(conn, errorf(CodeUnavailable, "the server is shutting down"))
+		conn.CloseNow()
 		return
 	}
-	defer s.conns.done()
+	handed := false
+	defer func() {
+		if !handed {
+			conn.CloseNow()
+			s.conns.done()
+		}
+	}()
 	lim := s.registry.Limits()
 	addr := s.clientAddr(r)
 	if auth.p == nil && auth.resumeToken == "" {
@@ -256,8 +263,18 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamA
 	}
 	conn.SetReadLimit(lim.MaxMessageBytes)
 	go c.write(cursor, replayed)
-	c.pinger = time.AfterFunc(lim.PingInterval, c.ping)
-	c.read()
+	// Set before it can fire: ping resets it.
+	c.pinger = time.AfterFunc(time.Duration(math.MaxInt64), c.ping)
+	c.pinger.Reset(lim.PingInterval)
+	// The read loop runs on a goroutine of its own, and this one (net/http's, whose
+	// stack grew through the upgrade and the authentication) returns: an idle
+	// stream then holds two small stacks, not a deep one.
+	handed = true
+	go func() {
+		defer s.conns.done()
+		defer conn.CloseNow()
+		c.read()
+	}()
 }
 
 // resume finds the stream that auth asks to resume, checking the resume token when
@@ -276,12 +293,15 @@ func (s *Server) resume(auth streamAuth, addr netip.Prefix) (*session.Stream, se
 	}
 	st, ok := s.registry.Get(rq.SessionID)
 	if !ok || st.Transport != storage.TransportWS || !tokenMatches(st, auth.resumeToken) {
+		// Unknown, ended, or a wrong token: the same answer, so ids cannot be probed.
 		s.authFailed(addr)
-		return nil, 0, errorf(CodeUnauthorized, "resume failed: unknown session or wrong resume token; open a new stream")
+		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s", string(session.ResumeNotFound))
 	}
 	st, c, err := s.registry.Resume(rq.SessionID, 0, last)
 	if err != nil {
-		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s; open a new stream", err.(session.ResumeError))
+		var re session.ResumeError
+		errors.As(err, &re)
+		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s", string(re))
 	}
 	return st, c, nil
 }
@@ -304,7 +324,7 @@ func (c *wsConn) read() {
 		if !taking {
 			continue // the stream has ended; read on until its close is done
 		}
-		if e := c.handle(typ, data); errors.Is(e, session.ErrClosed) {
+		if e := c.handle(typ, data); errors.Is(e, session.ErrClosed) || errors.Is(e, session.ErrReplaced) {
 			taking = false
 		}
 	}
@@ -331,7 +351,7 @@ func (c *wsConn) read() {
 func (c *wsConn) handle(typ websocket.MessageType, data []byte) error {
 	st, now := c.st, c.s.now()
 	if typ == websocket.MessageBinary {
-		f := session.Frame{Image: data, Start: now, RequestID: c.reqID}
+		f := session.Frame{Image: data, Start: now, RequestID: c.reqID, Owner: c.gen}
 		if len(data) == 0 {
 			f.Err = errorf(CodeInvalidImage, "empty binary message")
 		}
@@ -339,14 +359,16 @@ func (c *wsConn) handle(typ websocket.MessageType, data []byte) error {
 		return err
 	}
 	f, kind, upd := parseMessage(data, now, false)
-	f.RequestID = c.reqID
+	f.RequestID, f.Owner = c.reqID, c.gen
 	switch kind {
 	case msgPing:
-		return st.Ping(context.Background())
+		return st.Ping(context.Background(), c.gen)
 	case msgUpdate:
 		// Refused or not, the update is answered in its place in the order.
-		_, err := st.Update(context.Background(), updateOf(upd, st.MaxFPS()))
-		if errors.Is(err, session.ErrClosed) {
+		u := updateOf(upd, st.MaxFPS())
+		u.Owner = c.gen
+		_, err := st.Update(context.Background(), u)
+		if errors.Is(err, session.ErrClosed) || errors.Is(err, session.ErrReplaced) {
 			return err
 		}
 		return nil

@@ -5,9 +5,14 @@
     client.classify("dog.jpg")["predictions"][0]["label"]
     for item in client.stream(["a.jpg", "b.jpg"], transport="auto"):
         print(item["source"], item.get("predictions") or item["error"])
+
+    with client.stream(camera_frames(), mode="latest") as stream:  # version 1.1 servers
+        for item in stream:                                          # skipped items for stale frames
+            ...
+        stream.update(top_k=3)                                       # session.update
 """
 
-from .client import DEFAULT_URL, TRANSPORTS, AsyncClient, Client
+from .client import DEFAULT_URL, MODES, TRANSPORTS, AsyncClient, AsyncStream, Client, Skipped, Stream
 from .errors import (
     AuthError,
     ConnectionLimitError,
@@ -17,16 +22,21 @@ from .errors import (
     InvalidRequestError,
     OverloadedError,
     RateLimitError,
+    ResumeError,
     TransportError,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Client",
     "AsyncClient",
+    "Stream",
+    "AsyncStream",
+    "Skipped",
     "DEFAULT_URL",
     "TRANSPORTS",
+    "MODES",
     "InfergateError",
     "AuthError",
     "RateLimitError",
@@ -36,5 +46,6 @@ __all__ = [
     "InvalidRequestError",
     "OverloadedError",
     "TransportError",
+    "ResumeError",
     "__version__",
 ]

@@ -52,10 +52,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto tries ws, then sse, then post (default auto)")
     s.add_argument("--fps", default=None,
                    help="send at most N frames per second, or 'auto' for the stream's own limit "
-                        "(default: as fast as the server answers; 'auto' with --webcam)")
+                        "(default: as fast as the server answers; 'auto' with --webcam --mode ordered)")
     s.add_argument("--retry", action="store_true",
                    help="send rate-limited frames again after the wait the server asks for")
-    s.add_argument("--top-k", type=int, default=5, help="predictions per image (1-20, default 5)")
+    s.add_argument("--top-k", type=int, default=None,
+                   help="predictions per image (1-20; default: the stream's setting, 5 unless a token says)")
+    s.add_argument("--mode", choices=["ordered", "latest"], default=None,
+                   help="ordered answers every frame; latest only the newest, the others are skipped "
+                        "(default: ordered; latest with --webcam)")
+    s.add_argument("--no-resume", action="store_true",
+                   help="do not resume a WebSocket stream whose connection dropped")
     s.add_argument("--webcam", action="store_true", help="stream camera frames (needs OpenCV: python3-opencv)")
     s.add_argument("--camera", type=int, default=0, help="camera index for --webcam (default 0)")
     s.add_argument("--frames", type=int, default=None, help="stop --webcam after N frames (default: until Ctrl-C)")
@@ -137,7 +143,9 @@ def _cmd_stream(client: Client, args: argparse.Namespace) -> int:
         if args.images:
             raise _UsageError("give IMAGE files or --webcam, not both")
         images: Any = _webcam(args.camera, args.frames)
-        if fps is None:
+        if args.mode is None:
+            args.mode = "latest"  # a live camera wants the newest frame answered
+        elif fps is None:
             fps = "auto"
         names: Optional[List[str]] = None
     else:
@@ -147,7 +155,7 @@ def _cmd_stream(client: Client, args: argparse.Namespace) -> int:
         names = args.images
     status = EXIT_OK
     for item in client.stream(images, transport=args.transport, fps=fps, top_k=args.top_k,
-                              retry_rate_limited=args.retry):
+                              retry_rate_limited=args.retry, mode=args.mode, resume=not args.no_resume):
         idx = item["id"]
         name = names[idx] if names is not None else f"webcam:{idx}"
         line: Dict[str, Any] = {"image": name, "transport": item["transport"], "seq": item.get("seq")}

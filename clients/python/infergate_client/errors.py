@@ -116,6 +116,24 @@ class TransportError(InfergateError):
     default_code = "transport"
 
 
+class ResumeError(TransportError):
+    """A dropped WebSocket stream could not be resumed.
+
+    ``reason`` says why: ``"expired"`` (the server's resume window passed),
+    ``"gap"`` (its replay ring no longer holds the answers the client missed),
+    ``"not_found"`` (unknown session, or another user's), ``"unreachable"`` (no new
+    connection could be opened within ``max_resume_attempts``), or another word the
+    server gave. The frames that were answered before the drop have been yielded;
+    the others have no answer.
+    """
+
+    default_code = "resume_failed"
+
+    def __init__(self, message: str, *, reason: Optional[str] = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.reason = reason
+
+
 _BY_CODE = {
     "unauthorized": AuthError,
     "forbidden": AuthError,

@@ -47,6 +47,8 @@ from infergate_client import (  # noqa: E402
     InvalidImageError,
     InvalidRequestError,
     RateLimitError,
+    ResumeError,
+    Skipped,
     TransportError,
 )
 
@@ -180,6 +182,8 @@ def setUpModule() -> None:
         server.keys["usage"] = server.create_key("py-usage@test.local", "--rpm", "100000", "--fps", "1000")
         server.keys["cli"] = server.create_key("py-cli@test.local", "--rpm", "100000", "--fps", "1000",
                                                "--max-connections", "50")
+        server.keys["resume"] = server.create_key("py-resume@test.local", "--rpm", "100000", "--fps", "1000",
+                                                  "--max-connections", "50")
     except Exception as e:  # reported by every test, as a failure
         SETUP_ERROR = f"could not start the infergate server: {e}"
         server.stop()
@@ -701,6 +705,17 @@ class TestCLI(LiveTest):
         out = self.lines(self.cli("stream", "--fps", "1.5", *[str(PHOTOS[0])] * 3, key=self.server.keys["fps2"]))
         self.assertTrue(all("predictions" in o for o in out), out)
 
+    def test_stream_latest_mode(self) -> None:
+        out = self.lines(self.cli("stream", "--transport", "ws", "--mode", "latest", "--top-k", "2",
+                                  *[str(PHOTOS[0])] * 8, key=self.server.keys["fps2"]))
+        self.assertEqual(len(out), 8)
+        self.assertFalse([o for o in out if "error" in o], out)
+        skipped = [o for o in out if o.get("skipped")]
+        self.assertTrue(skipped, out)
+        for o in skipped:
+            self.assertGreater(o["superseded_by"], o["seq"])
+        self.assertEqual(len(out[-1]["predictions"]), 2)
+
     def test_image_error_exit_code(self) -> None:
         r = self.cli("classify", str(PHOTOS[0]), str(REPO / "go.mod"))
         self.assertEqual(r.returncode, 1)
@@ -769,6 +784,271 @@ class TestExample(LiveTest):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("dog.jpg", r.stdout)
         self.assertIn("mean latency", r.stdout)
+
+
+def _padded(path: Path, size: int) -> bytes:
+    """A JPEG of about size bytes: path's, with comment segments (which decoders skip)
+    after its start marker."""
+    data = path.read_bytes()
+    segment = b"\xff\xfe" + (65535).to_bytes(2, "big") + b"\0" * 65533
+    return data[:2] + segment * (size // len(segment)) + data[2:]
+
+
+def _drop_connection(stream: Any) -> None:
+    """Shut the TCP socket of a WebSocket stream down under the client: no close frame
+    goes either way, as when a network or a proxy drops the connection."""
+    import socket
+
+    sock = stream._a._adapter.ws.transport.get_extra_info("socket")
+    sock.shutdown(socket.SHUT_RDWR)
+
+
+class TestLatestMode(LiveTest):
+    """mode="latest" on the fps2 key (2 frames per second): frames sent faster than
+    that replace the one waiting, which is answered "skipped"; none is refused."""
+
+    def test_skipped_not_rate_limited(self) -> None:
+        for transport in ("ws", "sse"):
+            with self.subTest(transport=transport):
+                with self.client("fps2").stream([PHOTOS[0]] * 12, transport=transport, mode="latest") as s:
+                    items = list(s)
+                self.assertEqual(s.session, {"mode": "latest", "top_k": 5, "fps": 2})
+                self.assertEqual(s.ready["session"], s.session)
+                self.assertEqual(s.limits["frames"], 2)
+                self.assertEqual([i["id"] for i in items], list(range(12)))
+                self.assertEqual([i.get("error") for i in items], [None] * 12, "a frame was refused")
+                seqs = [i["seq"] for i in items]
+                self.assertEqual(seqs, sorted(set(seqs)))
+                skipped = [i for i in items if isinstance(i, Skipped)]
+                results = [i for i in items if not isinstance(i, Skipped)]
+                self.assertTrue(skipped, "no frame was skipped")
+                self.assertTrue(results)
+                self.assertNotIsInstance(items[-1], Skipped, "the newest frame was not answered")
+                for i in skipped:
+                    self.assertTrue(i["skipped"])
+                    self.assertNotIn("predictions", i)
+                    self.assertGreater(i["superseded_by"], i["seq"], i)
+                    self.assertGreater(i["superseded_by_id"], i["id"], i)
+                    self.assertIn(i["superseded_by"], seqs)
+                for i in results:
+                    self.assertIn(i["predictions"][0]["index"], DOG_TOP1)
+                    self.assertEqual(len(i["predictions"]), 5)
+                    self.assertEqual(set(i["timing"]), {"queue_ms", "decode_ms", "preprocess_ms",
+                                                        "inference_ms", "log_ms"})
+                    self.assertGreaterEqual(i["batch"], 1)
+
+    def test_ordered_still_refuses(self) -> None:
+        with self.client("fps2").stream([PHOTOS[0]] * 6, transport="ws", mode="ordered", top_k=1) as s:
+            items = list(s)
+        self.assertEqual(s.session["mode"], "ordered")
+        self.assertIn("rate_limited", [i["error"]["code"] for i in items if "error" in i])
+        self.assertFalse(any(isinstance(i, Skipped) for i in items))
+
+    def test_bad_settings_at_open(self) -> None:
+        for transport in ("ws", "sse"):
+            for settings in ({"mode": "fast"}, {"fps": 3}, {"top_k": 0}):
+                with self.subTest(transport=transport, settings=settings):
+                    with self.assertRaises(InvalidRequestError):
+                        list(self.client("fps2").stream(PHOTOS[:1], transport=transport, session=settings))
+
+    def test_post_has_no_mode(self) -> None:
+        with self.assertRaises(ValueError):
+            self.client().stream(PHOTOS[:1], transport="post", mode="latest")
+        items = list(self.client().stream(PHOTOS[:1], transport="post", top_k=2))
+        self.assertEqual(len(items[0]["predictions"]), 2)
+
+
+class TestSessionUpdate(LiveTest):
+    def test_round_trip(self) -> None:
+        for transport in ("ws", "sse"):
+            with self.subTest(transport=transport):
+                with self.client().stream([PHOTOS[0]] * 20, transport=transport) as s:
+                    items = [next(s)]
+                    self.assertEqual(s.session, {"mode": "ordered", "top_k": 5, "fps": 1000})
+                    self.assertEqual(s.update(top_k=2, fps=500), {"mode": "ordered", "top_k": 2, "fps": 500})
+                    self.assertEqual(s.session["top_k"], 2)
+                    self.assertEqual(s.limits["frames"], 500)
+                    items.extend(s)
+                self.assertEqual([i["id"] for i in items], list(range(20)))
+                counts = [len(i["predictions"]) for i in items]
+                # Frames sent before the update keep top_k 5, the ones after get 2.
+                self.assertEqual(counts, sorted(counts, reverse=True), counts)
+                self.assertEqual(counts[0], 5)
+                self.assertEqual(counts[-1], 2)
+
+    def test_bad_update_keeps_the_stream(self) -> None:
+        for transport in ("ws", "sse"):
+            with self.subTest(transport=transport):
+                with self.client("fps2").stream([PHOTOS[0]] * 3, transport=transport, fps=1.9) as s:
+                    items = [next(s)]
+                    for bad in ({"fps": 3}, {"fps": 0}, {"mode": "fast"}, {"top_k": 1001}):
+                        with self.assertRaises(InvalidRequestError, msg=str(bad)) as cm:
+                            s.update(**bad)
+                        self.assertEqual(cm.exception.code, "invalid_request")
+                    self.assertEqual(s.session, {"mode": "ordered", "top_k": 5, "fps": 2})
+                    self.assertEqual(s.update(mode="latest"), {"mode": "latest", "top_k": 5, "fps": 2})
+                    items.extend(s)
+                self.assertEqual([i["id"] for i in items], [0, 1, 2])
+                self.assertEqual([i.get("error") for i in items], [None] * 3)
+
+    def test_update_to_latest_mid_stream(self) -> None:
+        frames: "queue.Queue[Any]" = queue.Queue()
+
+        def camera() -> Any:  # yields what the test puts, as a camera would
+            while True:
+                frame = frames.get(timeout=60)
+                if frame is None:
+                    return
+                yield frame
+
+        with self.client("fps2").stream(camera(), transport="ws") as s:
+            frames.put(PHOTOS[0])
+            items = [next(s)]
+            self.assertEqual(s.update(mode="latest")["mode"], "latest")
+            for _ in range(13):  # far faster than 2 per second: the waiting one is replaced
+                frames.put(PHOTOS[0])
+            frames.put(None)
+            items.extend(s)
+        self.assertEqual([i["id"] for i in items], list(range(14)))
+        self.assertEqual([i.get("error") for i in items], [None] * 14)
+        self.assertTrue(any(isinstance(i, Skipped) for i in items), "no frame was skipped")
+
+
+class TestResume(LiveTest):
+    """A WebSocket whose TCP connection is shut down under the client (no close frame)
+    is resumed: every frame still gets exactly one answer, in order, and the server
+    reads and logs every frame once."""
+
+    def _run(self, key: str, n: int, drop_after: int, frames: Optional[List[Any]] = None,
+             **kw: Any) -> List[Dict[str, Any]]:
+        """Stream n frames, drop the connection after drop_after items, and check the
+        client's promise: one item per frame, in order, each its frame's own."""
+        c = self.client(key)
+        self.logged_before = c.usage()["by_transport"]["ws"]
+        if frames is None:
+            frames = [PHOTOS[i % len(PHOTOS)] for i in range(n)]
+        items: List[Dict[str, Any]] = []
+        with c.stream(frames, transport="ws", top_k=1, **kw) as s:
+            for item in s:
+                items.append(item)
+                if len(items) == drop_after:
+                    _drop_connection(s)
+            session_id = s.session_id
+        self.stream = s
+        self.assertEqual(s.resumes, 1)
+        self.assertEqual(s.session_id, session_id)
+        self.assertEqual([i["id"] for i in items], list(range(n)))
+        self.assertEqual([i.get("error") for i in items], [None] * n)
+        seqs = [i["seq"] for i in items]
+        self.assertEqual(seqs, sorted(set(seqs)), "seqs not increasing")
+        top = {p: c.classify(p, top_k=1)["predictions"][0]["index"] for p in set(map(str, PHOTOS))}
+        for i in items:
+            if not isinstance(i, Skipped) and i["source"] in top:
+                self.assertEqual(i["predictions"][0]["index"], top[i["source"]], i)  # its own answer
+        return items
+
+    def assertReadOnce(self, key: str, items: List[Dict[str, Any]]) -> None:
+        """The server's side: it read, inferred and logged each frame once (no frame
+        the client sent again had been read before the drop)."""
+        adapter = self.stream._a._adapter
+        logged = self.client(key).usage()["by_transport"]["ws"] - self.logged_before
+        answered = sum(1 for i in items if not isinstance(i, Skipped))
+        self.assertEqual(
+            (adapter.duplicates, adapter.renumbered, logged), (0, 0, answered),
+            "(answers dropped as duplicates, times the server's seqs ran ahead, log rows) "
+            "!= (0, 0, frames answered): a frame was read and inferred twice across the resume; "
+            "received_seq did not count every frame the old connection read")
+
+    def test_ordered(self) -> None:
+        self._run("resume", 40, 5)
+
+    def test_latest(self) -> None:
+        self._run("resume", 60, 3, mode="latest")
+
+    def test_big_frames(self) -> None:
+        self._run("resume", 12, 3, frames=[_padded(PHOTOS[0], 3 << 20)] * 12)
+
+    def test_server_reads_each_frame_once(self) -> None:
+        # Frames of 3 MB: when the connection drops, some are still in the server's
+        # socket buffer, unread, while the client resumes.
+        big = _padded(PHOTOS[0], 3 << 20)
+        for n in range(3):
+            with self.subTest(run=n):
+                items = self._run("resume", 12, 3, frames=[big] * 12)
+                self.assertReadOnce("resume", items)
+
+    def test_client_token(self) -> None:
+        tok = self.client("resume").mint_token(session={"mode": "ordered"})["token"]
+        c = self.client(BAD_KEY)  # the resume token alone resumes it
+        items: List[Dict[str, Any]] = []
+        with c.stream([PHOTOS[0]] * 30, transport="ws", token=tok, top_k=1) as s:
+            self.assertTrue(s.open().ready["resume"]["token"].startswith("rt_"), s.ready)
+            for item in s:
+                items.append(item)
+                if len(items) == 4:
+                    _drop_connection(s)
+        self.assertEqual(s.resumes, 1)
+        self.assertEqual([i["id"] for i in items], list(range(30)))
+        self.assertEqual([i.get("error") for i in items], [None] * 30)
+
+    def test_resume_refused(self) -> None:
+        """A resume the server refuses raises ResumeError, after the items that were
+        complete: with the API key (a fresh session, resumed: false, which the client
+        closes) and with a resume token (close 4401 "resume failed: ...")."""
+        for how in ("key", "token"):
+            with self.subTest(how=how):
+                c = self.client("resume")
+                token = c.mint_token()["token"] if how == "token" else None
+                items: List[Dict[str, Any]] = []
+                with self.assertRaises(ResumeError) as cm:
+                    with c.stream([PHOTOS[0]] * 30, transport="ws", token=token, top_k=1) as s:
+                        for item in s:
+                            items.append(item)
+                            if len(items) == 2:
+                                s._a._adapter.resume_info["session_id"] = "no-such-session"
+                                _drop_connection(s)
+                self.assertEqual(cm.exception.reason, "not_found", cm.exception)
+                self.assertIsInstance(cm.exception, TransportError)
+                self.assertEqual([i["id"] for i in items], list(range(len(items))))
+                self.assertGreaterEqual(len(items), 2)
+                self.assertLess(len(items), 30)
+
+    def test_without_resume(self) -> None:
+        c = self.client("resume")
+        with self.assertRaises(TransportError) as cm:
+            with c.stream([PHOTOS[0]] * 30, transport="ws", resume=False) as s:
+                for n, _ in enumerate(s):
+                    if n == 2:
+                        _drop_connection(s)
+        self.assertNotIsInstance(cm.exception, ResumeError)
+
+    def test_ready_offers_resume(self) -> None:
+        with self.client().stream(PHOTOS[:1], transport="ws") as s:
+            s.open()
+            r = s.ready["resume"]
+            self.assertEqual(r["session_id"], s.session_id)
+            self.assertGreater(r["window_ms"], 0)
+            list(s)
+
+
+class TestClientTokenSettings(LiveTest):
+    def test_latest_mode_token(self) -> None:
+        tok = self.client("fps2").mint_token(session={"mode": "latest", "top_k": 2})["token"]
+        with self.client(BAD_KEY).stream([PHOTOS[0]] * 10, transport="ws", token=tok) as s:
+            items = list(s)
+        self.assertEqual(s.session, {"mode": "latest", "top_k": 2, "fps": 2})
+        self.assertEqual([i.get("error") for i in items], [None] * 10)
+        self.assertTrue(any(isinstance(i, Skipped) for i in items))
+        self.assertEqual(len(items[-1]["predictions"]), 2)
+
+    def test_settings_on_top_of_the_token(self) -> None:
+        for transport in ("ws", "sse"):
+            with self.subTest(transport=transport):
+                tok = self.client("fps2").mint_token(session={"mode": "latest", "top_k": 2})["token"]
+                with self.client(BAD_KEY).stream([PHOTOS[0]] * 4, transport=transport, token=tok, top_k=3) as s:
+                    items = list(s)
+                self.assertEqual(s.session, {"mode": "latest", "top_k": 3, "fps": 2})
+                self.assertEqual(len(items[-1]["predictions"]), 3)
 
 
 class TestOffline(unittest.TestCase):
