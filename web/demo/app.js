@@ -3,7 +3,31 @@
 // cannot connect, or one at a time with POST /v1/classify, and shows the answers.
 //
 // The protocol is the one the API docs (/docs) describe; the names below follow it:
-// "ready", "result" and "error" messages, seq numbers, limits, retry_after_ms.
+// "ready", "result", "error" and "skipped" messages, seq numbers, limits, retry_after_ms,
+// the stream's settings ("session") and resuming.
+//
+// Version 1.1 choices:
+// - Modes. The webcam streams in mode "latest": the server keeps only the newest frame
+//   waiting for the model and answers the ones it replaces with "skipped", and frames
+//   over the key's frames-per-second wait rather than being refused, so a 30 fps camera
+//   on a 5 fps key shows fresh results and no rate_limited. Picked, dropped and pasted
+//   images use mode "ordered" (version 1): each one is answered, none is skipped. The
+//   mode rides on the first-message auth ("session": {"mode"}) of a new stream, and a
+//   "session.update" switches it when the webcam starts or stops on an open stream (or
+//   on an SSE session: its POST /v1/sessions body and a POSTed update). ?webcam=ordered
+//   keeps the webcam in mode "ordered" too (frames over the limit are then refused).
+// - Resume. A WebSocket that closes with 1006 (no close frame: the network, a proxy, a
+//   server gone) after "ready" is resumed: the page reconnects with "resume":
+//   {"session_id", "last_seq"} in the auth message, waiting longer each time (200 ms
+//   up to 8 s), for as long as the window the server gave in ready.resume lasts. With an API key the key
+//   rides along (a failed resume then gets a fresh stream, and the images it had not
+//   answered are sent again); with a client token, which opens one stream once, only
+//   the resume token from ready.resume does (a failed resume ends there: 4401). The
+//   server sends again the answers after last_seq. Images it never read (numbered
+//   beyond ready.received_seq) are sent again; webcam frames it never read are dropped,
+//   since a newer frame follows anyway. A close with a code from the server (1000,
+//   1001, 1008, 4401, 4429, ...) or from the page is not resumed.
+// - Results show where the server spent the time ("timing") and the batch size.
 //
 // Plain browser JavaScript: no build step, no dependencies.
 'use strict';
@@ -22,6 +46,13 @@
   const POST_IN_FLIGHT = 2; // concurrent POST /v1/classify requests
   const WINDOW_SLACK_MS = 60; // see windowWait
   const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
+  // Waits before each attempt to resume a dropped WebSocket stream, the last one
+  // repeated; once the server's resume window (less a second) would be over before the
+  // next attempt, the page gives up and opens a fresh stream. With the default window
+  // of 30 s that is at most 8 attempts.
+  const RESUME_BACKOFF_MS = [200, 500, 1000, 2000, 4000, 8000];
+  const RESUME_WINDOW_MS = 30000; // until ready.resume.window_ms says otherwise
+  const TIMING_PARTS = ['queue', 'decode', 'preprocess', 'inference', 'log'];
   // Until the server says otherwise in "ready": the defaults SPEC.md gives.
   const DEFAULT_LIMITS = { frames: 10, window_ms: 1000, max_in_flight: 4, max_message_bytes: 11534336 };
 
@@ -70,11 +101,21 @@
     retry: $('retry'),
     chart: $('chart'),
     limits: $('limits'),
+    streamMode: $('stream-mode'),
+    skipped: $('skipped'),
+    resumed: $('resumed'),
+    lastSeq: $('last-seq'),
+    timing: $('timing'),
+    timingTotal: $('timing-total'),
+    timingBar: $('timing-bar'),
   };
 
   // ---- State -----------------------------------------------------------------------
 
-  const forced = transportParam(new URLSearchParams(location.search).get('transport'));
+  const params = new URLSearchParams(location.search);
+  const forced = transportParam(params.get('transport'));
+  // The webcam's stream mode: "latest" unless ?webcam=ordered.
+  const webcamMode = (params.get('webcam') || '').toLowerCase() === 'ordered' ? 'ordered' : 'latest';
 
   const state = {
     key: '',
@@ -91,6 +132,8 @@
     postPauseUntil: 0, // the same for POST /v1/classify, which has its own per-minute limit
     refused: 0,
     answered: 0,
+    skipped: 0, // frames the server answered "skipped" (mode latest)
+    resumes: 0, // dropped WebSocket streams resumed
     samples: [], // {rtt, server} per answered frame, for p50 and the chart
     resultTimes: [], // when recent results arrived, for frames per second
     items: [], // picked images, newest first
@@ -102,6 +145,7 @@
   };
 
   let conn = null; // the open stream connection (see openWebSocket, openSSE)
+  let resumeFrom = null; // the WebSocket stream to resume (see tryResume), while conn is null
   let reconnectTimer = 0;
   let reconnectAt = 0;
   let backoff = 0;
@@ -262,6 +306,7 @@
   // renderItem shows an item's predictions, its one-line summary and its stage badge.
   function renderItem(item) {
     renderPredictions(item ? item.predictions : null);
+    renderTiming(item && item.status !== 'error' && item.meta ? item.meta : null);
     const badge = el.badge;
     if (!item) {
       badge.hidden = true;
@@ -285,6 +330,34 @@
         : state.authFailed ? 'waiting for a valid API key'
           : item.camera ? 'starting…' : 'classifying…';
     }
+  }
+
+  // renderTiming shows where the server spent the time of one result. Its "timing"
+  // has the model's parts (queue, decode, preprocess, inference), which fall within
+  // latency_ms, and log_ms, the commit of its log row, which follows latency_ms and
+  // comes before the answer. The bar spans latency_ms + log_ms: the model's parts, a
+  // gap for the rest of latency_ms (reading, scheduling), then the log. "batch" is the
+  // number of images in the model run that served it. A result without timing (POST
+  // /v1/classify) shows dashes.
+  function renderTiming(meta) {
+    const t = meta && meta.timing;
+    el.timing.dataset.empty = t ? 'false' : 'true';
+    const v = (p) => (t ? Math.max(0, Number(t[p + '_ms']) || 0) : 0);
+    let model = 0;
+    for (const p of TIMING_PARTS) if (p !== 'log') model += v(p);
+    const latency = meta && typeof meta.server === 'number' ? meta.server : model;
+    const span = Math.max(latency, model) + v('log');
+    const width = (ms) => (t && span > 0 ? (ms / span * 100).toFixed(2) + '%' : '0');
+    for (const p of TIMING_PARTS) {
+      const raw = t ? Number(t[p + '_ms']) : NaN;
+      el.timing.querySelector('dd[data-testid="timing-' + p + '"]').textContent = t && isFinite(raw) ? fmtMs(raw) : '–';
+      el.timingBar.querySelector('[data-part="' + p + '"]').style.width = width(v(p));
+    }
+    el.timingBar.querySelector('[data-part="other"]').style.width = width(Math.max(0, latency - model));
+    const batch = meta && meta.batch;
+    el.timing.querySelector('dd[data-testid="timing-batch"]').textContent =
+      t && batch ? batch + (batch === 1 ? ' image' : ' images') : '–';
+    el.timingTotal.textContent = t ? 'latency ' + fmtMs(latency) + ', then log ' + fmtMs(v('log')) : '';
   }
 
   function renderThumb(item) {
@@ -384,7 +457,7 @@
     item.status = 'done';
     item.error = '';
     item.predictions = m.predictions || [];
-    item.meta = { rtt, transport, server: m.latency_ms, inference: m.inference_ms };
+    item.meta = { rtt, transport, server: m.latency_ms, inference: m.inference_ms, timing: m.timing || null, batch: m.batch || 0 };
     if (item === state.selected) renderItem(item);
     if (!item.camera) {
       renderThumb(item);
@@ -395,6 +468,21 @@
     } else if (el.status.dataset.kind === 'error' || el.status.dataset.kind === 'warn') {
       if (now >= pausedUntil()) setStatus('ok', 'Webcam streaming', 'over ' + transport + '.');
     }
+  }
+
+  // onSkipped handles a "skipped" answer (mode latest): a newer frame, superseded_by,
+  // took the frame's place before the model started on it. A webcam frame needs nothing
+  // more; a picked image (sent while the stream was still in mode latest) goes again.
+  function onSkipped(job, m) {
+    state.skipped++;
+    renderStats();
+    if (!job || job.done) return;
+    if (job.source === 'file') {
+      requeue(job);
+      pump();
+      return;
+    }
+    job.done = true;
   }
 
   // onFrameError handles an error answer to one frame: {code, message, retry_after_ms}.
@@ -449,7 +537,10 @@
     state.authFailed = true;
     el.key.setAttribute('aria-invalid', 'true');
     setConn('invalid key', 'error');
-    if (isClientToken(state.key)) {
+    if (isClientToken(state.key) && /^resume failed/.test(message || '')) {
+      setStatus('error', 'The stream could not be resumed.',
+        'Its client token opened it once and cannot open another: mint a new one (POST /v1/client_tokens).', message);
+    } else if (isClientToken(state.key)) {
       setStatus('error', 'Client token refused (unauthorized).',
         'A client token opens one stream, once, before it expires: mint a new one (POST /v1/client_tokens).', message);
     } else {
@@ -573,12 +664,68 @@
   // ---- Stream connections ----------------------------------------------------------
   //
   // A connection object has: kind ("websocket" or "sse"), ready, send(job),
-  // inFlight(), close(). It reports to onReady, onResult/onFrameError and onClosed,
-  // and is ignored once it is no longer `conn`.
+  // inFlight(), lost(), close(), and for the stream's settings settings (what the
+  // server last said is in force, null before "ready" or from a server without
+  // settings), mode() (the mode in force or asked for) and update(settings). It
+  // reports to onReady, onResult/onSkipped/onFrameError and onClosed, and is ignored
+  // once it is no longer `conn`.
 
   function ensureConnection() {
     if (conn || reconnectTimer || !state.key || state.authFailed || state.mode === 'post') return;
-    conn = state.mode === 'sse' ? openSSE(state.key) : openWebSocket(state.key);
+    if (state.mode === 'sse') {
+      if (resumeFrom) abandonResume('');
+      conn = openSSE(state.key);
+    } else {
+      conn = openWebSocket(state.key, resumeFrom);
+    }
+  }
+
+  // desiredMode is the stream mode the page wants now: "latest" while the webcam runs
+  // (unless ?webcam=ordered), else "ordered", so that every picked image is answered.
+  function desiredMode() {
+    return state.camera ? webcamMode : 'ordered';
+  }
+
+  // syncMode asks the server to switch the open stream to the mode the page wants.
+  // Frames sent after the update get the new mode (the server applies it in order).
+  function syncMode() {
+    const c = conn;
+    if (!c || !c.ready || !c.settings) return;
+    const want = desiredMode();
+    if (c.mode() !== want) c.update({ mode: want });
+    renderMode();
+  }
+
+  function renderMode() {
+    const c = conn;
+    if (state.mode === 'post') {
+      el.streamMode.textContent = '–';
+      return;
+    }
+    if (!c || !c.settings) {
+      el.streamMode.textContent = '–';
+      return;
+    }
+    const asked = c.mode();
+    el.streamMode.textContent = c.settings.mode + (asked !== c.settings.mode ? ' → ' + asked : '');
+  }
+
+  // onSettings is told the settings now in force ("ready" or "session.updated").
+  function onSettings(c, settings) {
+    if (conn !== c) return;
+    if (settings && settings.fps && state.limits.frames !== settings.fps) {
+      state.limits = { ...state.limits, frames: settings.fps };
+    }
+    renderLimits();
+    renderMode();
+  }
+
+  // onSettingsRefused is told that the server refused a session.update: the settings
+  // stay as they were.
+  function onSettingsRefused(c, message) {
+    if (conn !== c) return;
+    setStatus('warn', 'Stream settings not changed.', 'The server refused the new mode.', message);
+    renderMode();
   }
 
   function onReady(c, m) {
@@ -593,14 +740,98 @@
     setTransport(c.kind);
     renderLimits();
     // Replace a hint or a connection problem with the news; keep an image's answer.
-    if (state.connNotice || el.status.dataset.kind === 'info' || el.key.getAttribute('aria-invalid') === 'true') {
+    if (state.connNotice || el.status.dataset.kind === 'info' || el.key.getAttribute('aria-invalid') === 'true' ||
+        (state.camera && el.status.dataset.kind !== 'error')) {
       const why = state.fellBack ? ' (the WebSocket could not connect)' : '';
-      setStatus('ok', 'Connected', 'over ' + c.kind + why + '. Pick or drop an image, or start the webcam.');
+      if (state.camera) setStatus('ok', 'Webcam streaming', 'over ' + c.kind + why + '.');
+      else setStatus('ok', 'Connected', 'over ' + c.kind + why + '. Pick or drop an image, or start the webcam.');
     }
     state.connNotice = false;
     el.key.removeAttribute('aria-invalid');
+    if (c.resumed) afterResume(c);
     updatePostButton();
+    syncMode();
+    renderStats();
     pump();
+  }
+
+  // afterResume is told how an attempt to resume went (c.resumed, set by openWebSocket
+  // from "ready"): {ok, error, replayed, unread}, unread being the jobs the server
+  // never read (all of the old stream's jobs when it could not be resumed).
+  function afterResume(c) {
+    const r = c.resumed;
+    resumeFrom = null;
+    // Jobs the server never read: images go again (they get new seqs), webcam frames
+    // are dropped, a newer frame follows anyway.
+    const again = r.unread.filter((j) => !j.done && j.source === 'file');
+    r.unread.forEach((j) => { if (j.source !== 'file') j.done = true; });
+    again.sort((a, b) => b.seq - a.seq).forEach(requeue);
+    if (r.ok) {
+      state.resumes++;
+      setConn('resumed', 'ready');
+      setStatus('ok', 'Stream resumed', 'after the connection dropped: ' + r.replayed + ' answer' +
+        (r.replayed === 1 ? '' : 's') + ' sent again by the server' +
+        (again.length ? ', ' + again.length + ' image' + (again.length === 1 ? '' : 's') + ' sent again' : '') + '.');
+    } else {
+      setStatus('info', 'A new stream was opened.', 'The dropped one could not be resumed (' + (r.error || 'refused') + ')' +
+        (again.length ? '; its unanswered images are sent again.' : '.'));
+    }
+  }
+
+  // tryResume decides what follows the end of WebSocket c: it returns true when the
+  // stream will be resumed (an attempt is scheduled), false when the caller goes on as
+  // for any other ending. Only an abnormal close (1006: no close frame came, so the
+  // server kept the session waiting) of a stream that was ready, or of an attempt to
+  // resume one, is resumed; each attempt waits longer, and all must start within the
+  // server's resume window.
+  function tryResume(c, info) {
+    const sess = c.sess;
+    if (!sess || !sess.id || state.authFailed || (!c.ready && !c.resuming)) return false;
+    if (isClientToken(state.key) && !sess.token) return false; // nothing to resume with
+    if (c.resuming && !c.ready && info.code === 4401) {
+      // The resume was refused. With an API key this is the key; with a client token
+      // the stream could not be resumed (expired, gap, not_found) and the token is
+      // spent: either way the caller says so.
+      abandonResume('');
+      return false;
+    }
+    if (info.code !== 1006 && !(c.resuming && !c.ready && info.code === 4429)) {
+      if (c.resuming) abandonResume('');
+      return false;
+    }
+    const now = performance.now();
+    if (c.ready) {
+      sess.resume = { attempts: 0, deadline: now + (sess.windowMs || RESUME_WINDOW_MS) };
+    }
+    const r = sess.resume;
+    const wait = RESUME_BACKOFF_MS[Math.min(r.attempts, RESUME_BACKOFF_MS.length - 1)];
+    if (now + wait > r.deadline - 1000) {
+      abandonResume('the server\'s resume window is over');
+      return false;
+    }
+    r.attempts++;
+    resumeFrom = sess;
+    state.connNotice = true;
+    setStatus('warn', 'Connection lost.', 'Resuming the stream (attempt ' + r.attempts + ', within ' +
+      Math.round((r.deadline - now) / 1000) + ' s)…');
+    scheduleReconnect(wait);
+    return true;
+  }
+
+  // abandonResume gives up resuming: the images the old stream had not answered go
+  // again on the next stream; why, if given, is shown.
+  function abandonResume(why) {
+    const sess = resumeFrom;
+    resumeFrom = null;
+    if (!sess) return;
+    const l = [...sess.pending.values()];
+    sess.pending.clear();
+    sess.resume = null;
+    l.filter((j) => j.source === 'file').sort((a, b) => b.seq - a.seq).forEach(requeue);
+    if (why) {
+      setStatus('warn', 'Could not resume the stream', '(' + why + '); opening a new one.');
+      state.connNotice = true;
+    }
   }
 
   // onClosed is told that c ended: info has code/reason (a WebSocket close or an SSE
@@ -608,6 +839,8 @@
   function onClosed(c, info) {
     if (conn !== c) return;
     conn = null;
+    renderMode();
+    if (c.kind === 'websocket' && tryResume(c, info)) return;
     c.lost().sort((a, b) => b.seq - a.seq).forEach(requeue);
     const wasReady = c.ready;
     if (info.code === 4401 || info.status === 401) {
@@ -650,7 +883,7 @@
   function scheduleReconnect(wait) {
     clearTimeout(reconnectTimer);
     reconnectAt = performance.now() + wait;
-    setConn('reconnecting', 'busy');
+    setConn(resumeFrom ? 'resuming' : 'reconnecting', 'busy');
     reconnectTimer = setTimeout(() => {
       reconnectTimer = 0;
       ensureConnection();
@@ -658,12 +891,15 @@
     }, wait);
   }
 
-  // teardown closes the connection on purpose (new key, leaving the page).
+  // teardown closes the connection on purpose (new key, leaving the page): the stream
+  // ends for good, with a close frame, so the server does not keep it for a resume.
   function teardown() {
     clearTimeout(reconnectTimer);
     reconnectTimer = 0;
+    abandonResume('');
     const c = conn;
     conn = null;
+    renderMode();
     if (!c) return;
     c.lost().sort((a, b) => b.seq - a.seq).forEach(requeue);
     c.close();
@@ -673,31 +909,64 @@
     return (location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host + '/v1/stream';
   }
 
-  // openWebSocket connects to /v1/stream and authenticates with a first message.
-  // Frames go as binary messages; the server numbers every frame it reads 1, 2, 3...
-  // and answers in that order, so a job is found again by counting.
-  function openWebSocket(key) {
-    const pending = new Map(); // seq -> job
-    let sent = 0;
+  // newStream is what a WebSocket stream keeps across the connections that carry it:
+  // the jobs sent and not yet answered (by seq), the count of frames sent (the server
+  // numbers every frame it reads 1, 2, 3..., so a job is found again by counting), the
+  // seq of the last answer received, and what ready.resume gave to resume it.
+  function newStream() {
+    return { pending: new Map(), sent: 0, lastSeq: 0, id: '', token: '', windowMs: 0, resume: null };
+  }
+
+  // authMessage is the first message of a WebSocket: a fresh stream's carries the key
+  // (or client token) and the mode wanted; a resume carries the stream's id and the
+  // last seq received, with the API key, or, for a client token (spent by now), the
+  // stream's resume token alone.
+  function authMessage(key, sess, resuming) {
+    if (resuming) {
+      const resume = { session_id: sess.id, last_seq: sess.lastSeq };
+      if (isClientToken(key)) return { type: 'auth', resume: { ...resume, token: sess.token } };
+      return { type: 'auth', api_key: key, resume };
+    }
+    const m = isClientToken(key) ? { type: 'auth', token: key } : { type: 'auth', api_key: key };
+    m.session = { mode: desiredMode() };
+    return m;
+  }
+
+  // openWebSocket connects to /v1/stream and authenticates with a first message, or
+  // resumes stream `from` (see newStream). Frames go as binary messages.
+  function openWebSocket(key, from) {
+    const resuming = !!from;
+    const sess = from || newStream();
+    const pending = sess.pending;
+    let asked = ''; // the mode of a session.update not yet answered
     let ws;
     const c = {
       kind: 'websocket',
       ready: false,
+      sess,
+      resuming,
+      resumed: null,
+      settings: null,
       inFlight: () => pending.size,
       lost: () => { const l = [...pending.values()]; pending.clear(); return l; },
       send(job) {
-        sent++;
-        job.seq = sent;
+        sess.sent++;
+        job.seq = sess.sent;
         job.sentAt = performance.now();
-        pending.set(sent, job);
+        pending.set(job.seq, job);
         ws.send(job.blob);
+      },
+      mode: () => asked || (c.settings ? c.settings.mode : ''),
+      update(settings) {
+        asked = settings.mode || asked;
+        ws.send(JSON.stringify({ type: 'session.update', session: settings }));
       },
       close() {
         try { ws.close(1000, 'bye'); } catch (_) { /* already closed */ }
       },
     };
     setTransport('websocket');
-    setConn('connecting', 'busy');
+    setConn(resuming ? 'resuming' : 'connecting', 'busy');
     try {
       ws = new WebSocket(wsURL());
     } catch (err) {
@@ -706,8 +975,8 @@
     }
     ws.onopen = () => {
       if (conn !== c) return;
-      setConn('authenticating', 'busy');
-      ws.send(JSON.stringify(isClientToken(key) ? { type: 'auth', token: key } : { type: 'auth', api_key: key }));
+      setConn(resuming ? 'resuming' : 'authenticating', 'busy');
+      ws.send(JSON.stringify(authMessage(key, sess, resuming)));
     };
     ws.onmessage = (ev) => {
       if (conn !== c || typeof ev.data !== 'string') return;
@@ -715,13 +984,54 @@
       try { m = JSON.parse(ev.data); } catch (_) { return; }
       if (m.type === 'ready') {
         c.ready = true;
+        c.settings = m.session || null;
+        if (resuming) {
+          if (m.resumed) {
+            // The server numbered received_seq frames; those after it were never read.
+            const got = Number(m.received_seq) || 0;
+            const unread = [...pending].filter(([seq]) => seq > got).map(([, j]) => j);
+            for (const j of unread) pending.delete(j.seq);
+            sess.sent = Math.max(got, sess.lastSeq);
+            c.resumed = { ok: true, replayed: Math.max(0, got - sess.lastSeq), unread };
+          } else {
+            // A fresh stream, numbered from 1: nothing of the old one will be answered.
+            c.resumed = { ok: false, error: m.resume_error || '', unread: c.lost() };
+            sess.sent = 0;
+            sess.lastSeq = 0;
+          }
+        }
+        sess.resume = null;
+        sess.id = (m.resume && m.resume.session_id) || '';
+        // The server gives the resume token once, in the stream's first "ready": a
+        // resumed stream keeps the one it had.
+        sess.token = (m.resume && m.resume.token) || (c.resumed && c.resumed.ok ? sess.token : '');
+        sess.windowMs = (m.resume && m.resume.window_ms) || 0;
         onReady(c, m);
         return;
       }
-      if (m.type !== 'result' && m.type !== 'error') return;
+      if (m.type === 'session.updated') {
+        c.settings = m.session || c.settings;
+        if (c.settings && asked === c.settings.mode) asked = '';
+        onSettings(c, c.settings);
+        return;
+      }
+      if (m.type !== 'result' && m.type !== 'error' && m.type !== 'skipped') return;
+      if (m.seq == null) {
+        // An error with no seq answers a message that is not a frame: a refused
+        // session.update (nothing else is sent).
+        if (m.type === 'error') {
+          asked = '';
+          onSettingsRefused(c, m.message);
+        }
+        return;
+      }
+      if (m.seq <= sess.lastSeq) return; // already answered (the server never resends these)
+      sess.lastSeq = m.seq;
       const job = pending.get(m.seq);
       pending.delete(m.seq);
-      if (!job) {
+      if (m.type === 'skipped') {
+        onSkipped(job, m);
+      } else if (!job) {
         if (m.type === 'error') setStatus('error', errorText(m.code), '', m.message);
       } else if (m.type === 'result') {
         onResult(job, m, 'websocket');
@@ -747,9 +1057,12 @@
     const abort = new AbortController();
     let session = null;
     let es = null;
+    let asked = ''; // the mode of a session.update not yet answered
+    let settling = null; // that update's POST: frames wait for it, so they get the new mode
     const c = {
       kind: 'sse',
       ready: false,
+      settings: null,
       inFlight: () => pending.size + posting.size,
       lost: () => {
         const l = [...pending.values(), ...posting];
@@ -760,7 +1073,15 @@
       send(job) {
         job.sentAt = performance.now();
         posting.add(job);
-        postFrame(job);
+        if (settling) settling.then(() => postFrame(job));
+        else postFrame(job);
+      },
+      mode: () => asked || (c.settings ? c.settings.mode : ''),
+      update(settings) {
+        asked = settings.mode || asked;
+        const p = (settling || Promise.resolve()).then(() => postUpdate(settings));
+        settling = p;
+        p.then(() => { if (settling === p) settling = null; });
       },
       close() {
         abort.abort();
@@ -784,7 +1105,41 @@
       onClosed(c, info);
     }
 
+    // postUpdate sends a session.update as a frames POST; it answers 200 with the
+    // settings now in force (a session.updated event says the same).
+    async function postUpdate(settings) {
+      if (!session || conn !== c) return;
+      let res;
+      let body = null;
+      try {
+        res = await fetch(session.frames_url, {
+          method: 'POST',
+          headers: { 'X-Session-Token': session.token, 'Content-Type': 'application/json' },
+          body: JSON.stringify({ type: 'session.update', session: settings }),
+          cache: 'no-store',
+          credentials: 'omit',
+          signal: abort.signal,
+        });
+        body = await res.json().catch(() => null);
+      } catch (_) {
+        return; // the event stream's end says what happened
+      }
+      if (conn !== c) return;
+      if (res.ok && body && body.session) {
+        c.settings = body.session;
+        if (asked === c.settings.mode) asked = '';
+        onSettings(c, c.settings);
+      } else {
+        asked = '';
+        onSettingsRefused(c, body && body.error && body.error.message);
+      }
+    }
+
     async function postFrame(job) {
+      if (!session || conn !== c) {
+        if (posting.delete(job)) requeue(job);
+        return;
+      }
       let res;
       let body = null;
       try {
@@ -838,7 +1193,8 @@
     }
 
     function answer(job, m) {
-      if (m.type === 'result') onResult(job, m, 'sse');
+      if (m.type === 'skipped') onSkipped(job, m);
+      else if (m.type === 'result') onResult(job, m, 'sse');
       else onFrameError(job, m, 'sse');
       pump();
     }
@@ -863,7 +1219,8 @@
       try {
         res = await fetch('/v1/sessions', {
           method: 'POST',
-          headers: { Authorization: 'Bearer ' + key },
+          headers: { Authorization: 'Bearer ' + key, 'Content-Type': 'application/json' },
+          body: JSON.stringify({ session: { mode: desiredMode() } }),
           cache: 'no-store',
           credentials: 'omit',
           signal: abort.signal,
@@ -891,11 +1248,23 @@
         const m = parse(ev);
         if (conn !== c || !m) return;
         c.ready = true;
+        c.settings = m.session || null;
         onReady(c, m);
       });
       es.addEventListener('result', (ev) => {
         const m = parse(ev);
         if (conn === c && m) onEvent(m);
+      });
+      es.addEventListener('skipped', (ev) => {
+        const m = parse(ev);
+        if (conn === c && m) onEvent(m);
+      });
+      es.addEventListener('session.updated', (ev) => {
+        const m = parse(ev);
+        if (conn !== c || !m || !m.session) return;
+        c.settings = m.session;
+        if (asked === c.settings.mode) asked = '';
+        onSettings(c, c.settings);
       });
       // "error" is both the server's error event (a MessageEvent with data) and the
       // EventSource's own signal that the connection failed.
@@ -903,7 +1272,7 @@
         if (conn !== c) return;
         if (typeof ev.data === 'string') {
           const m = parse(ev);
-          if (m) onEvent(m);
+          if (m && m.seq != null) onEvent(m); // one with no seq is not about a frame
           return;
         }
         if (es.readyState === EventSource.CLOSED) {
@@ -965,8 +1334,11 @@
     el.camera.setAttribute('aria-pressed', 'true');
     el.camera.textContent = 'Stop webcam';
     showItem(state.cameraItem);
+    syncMode(); // mode latest from the next frame on
     restartCameraTimer();
-    setStatus('ok', 'Webcam on.', state.key ? 'Streaming frames at up to ' + el.fps.value + ' per second.' : 'Paste an API key to start sending frames.');
+    setStatus('ok', 'Webcam on.', !state.key ? 'Paste an API key to start sending frames.'
+      : 'Streaming frames at up to ' + el.fps.value + ' per second' +
+        (webcamMode === 'latest' ? ': the server answers the newest and skips the older ones.' : '.'));
     ensureConnection();
   }
 
@@ -975,6 +1347,7 @@
     if (!cam) return;
     state.camera = null;
     clearInterval(cam.timer);
+    syncMode(); // back to mode ordered, before any image is sent
     for (const t of cam.stream.getTracks()) t.stop();
     el.stageVideo.srcObject = null;
     el.camera.setAttribute('aria-pressed', 'false');
@@ -1059,7 +1432,9 @@
     el.limits.textContent = parts.join(' · ');
     el.fpsNote.textContent = state.mode === 'post'
       ? 'Each frame is one POST, counted against the key\'s requests per minute.'
-      : 'The server admits ' + l.frames + ' frames per ' + (l.window_ms / 1000) + ' s on a stream; faster frames are refused.';
+      : webcamMode === 'latest'
+        ? 'The server admits ' + l.frames + ' frames per ' + (l.window_ms / 1000) + ' s; in mode latest it answers the newest frame and skips the older ones.'
+        : 'The server admits ' + l.frames + ' frames per ' + (l.window_ms / 1000) + ' s on a stream; faster frames are refused.';
   }
 
   function renderStats() {
@@ -1075,11 +1450,16 @@
     el.serverLatency.textContent = fmtMs(median(recent.filter((s) => s.server != null).map((s) => s.server)));
     el.answered.textContent = String(state.answered);
     el.refused.textContent = String(state.refused);
+    el.skipped.textContent = String(state.skipped);
+    el.resumed.textContent = String(state.resumes);
+    const sess = (conn && conn.sess) || resumeFrom;
+    el.lastSeq.textContent = sess && sess.lastSeq ? String(sess.lastSeq) : '–';
     const left = Math.max(state.pauseUntil, state.postPauseUntil) - now;
     el.retry.textContent = left > 0 ? (left / 1000).toFixed(1) + ' s' : '–';
     el.retry.parentElement.parentElement.classList.toggle('waiting', left > 0);
     if (reconnectTimer) {
-      el.connState.textContent = 'reconnecting in ' + Math.max(0, Math.ceil((reconnectAt - now) / 1000)) + ' s';
+      el.connState.textContent = (resumeFrom ? 'resuming' : 'reconnecting') + ' in ' +
+        Math.max(0, Math.ceil((reconnectAt - now) / 1000)) + ' s';
     }
   }
 

@@ -5,7 +5,9 @@
 #   2. builds infergate into a temporary folder and starts it on a free loopback port
 #      with a fresh database, whose first start writes the demo user's key;
 #   3. runs `node --test web/test/` with INFERGATE_URL and INFERGATE_API_KEY set (and
-#      INFERGATE_SLOW_API_KEY, a key limited to 3 frames per second);
+#      INFERGATE_SLOW_API_KEY, a key limited to 3 frames per second; INFERGATE_BIN and
+#      INFERGATE_DB, the binary and its database, with which the 1.1 tests create the
+#      users and keys they need: `infergate keys create`);
 #   4. stops the server (SIGTERM) and exits with the test's status.
 # Screenshots land in out/screenshots/. Set KEEP_TMP=1 to keep the temp folder (the
 # server's log is there).
@@ -78,7 +80,8 @@ say "server at $url"
 # --- 3. Run the test ----------------------------------------------------------------
 mkdir -p out/screenshots
 status=0
-INFERGATE_URL="$url" INFERGATE_API_KEY="$key" INFERGATE_SLOW_API_KEY="$slow_key" node --test web/test/ || status=$?
+INFERGATE_URL="$url" INFERGATE_API_KEY="$key" INFERGATE_SLOW_API_KEY="$slow_key" \
+	INFERGATE_BIN="$tmp/infergate" INFERGATE_DB="$tmp/ig.db" node --test web/test/ || status=$?
 if [ "$status" != 0 ]; then
 	say "the browser test failed (status $status); the server's log:"
 	tail -n 40 "$tmp/server.log" >&2
