@@ -125,6 +125,11 @@ func newFairQueue(size int, maxDelay time.Duration, workers int) *fairQueue {
 func (q *fairQueue) push(j *job) (evicted *job, evictErr, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	return q.pushLocked(j)
+}
+
+// pushLocked is push with q.mu held.
+func (q *fairQueue) pushLocked(j *job) (evicted *job, evictErr, err error) {
 	if q.closed {
 		return nil, nil, ErrClosed
 	}
@@ -298,12 +303,18 @@ func (q *fairQueue) perJob() time.Duration {
 // take waits for a job and appends to batch up to max jobs, one at a time in the
 // round-robin order. It returns batch unchanged once the queue is closed and
 // empty.
+//
+// A worker takes its part of the jobs waiting, rounded up: a worker that took four
+// jobs while another was idle, or about to be, would run them as one batch on one
+// core, twice as long as two batches of two side by side. Under load many jobs
+// wait, and batches fill to max.
 func (q *fairQueue) take(batch []*job, max int) []*job {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for q.n == 0 && !q.closed {
 		q.cond.Wait()
 	}
+	max = min(max, len(batch)+(q.n+q.workers-1)/q.workers)
 	for len(batch) < max && q.n > 0 {
 		o := q.turn[0]
 		f := o.turn[0]
