@@ -89,9 +89,11 @@ type fairQueue struct {
 	workers  int
 	perImage time.Duration // a worker's time per image, estimated; 0 until measured
 	n        int           // jobs waiting
-	owners   map[string]*ownerQueue
-	turn     []*ownerQueue // owners with waiting jobs, in the order they are next served
-	closed   bool
+	// backlogged counts the owners with two jobs or more waiting.
+	backlogged int
+	owners     map[string]*ownerQueue
+	turn       []*ownerQueue // owners with waiting jobs, in the order they are next served
+	closed     bool
 }
 
 // ownerQueue is one owner's waiting jobs.
@@ -176,7 +178,9 @@ func (q *fairQueue) pushLocked(j *job) (evicted *job, evictErr, err error) {
 	f.jobs = append(f.jobs, j)
 	j.queued = f
 	j.state = jobQueued
-	o.n++
+	if o.n++; o.n == 2 {
+		q.backlogged++
+	}
 	q.n++
 	q.cond.Signal()
 	return evicted, evictErr, nil
@@ -308,6 +312,13 @@ func (q *fairQueue) perJob() time.Duration {
 // jobs while another was idle, or about to be, would run them as one batch on one
 // core, twice as long as two batches of two side by side. Under load many jobs
 // wait, and batches fill to max.
+//
+// While some owners have backlogs, the only job of an owner (a webcam or an
+// occasional POST beside greedy clients) is not batched with theirs: in such a
+// batch it would wait for the backlogs' work to run, not its own. A batch holds
+// either such light jobs or the others, and ends where the round robin turns to
+// the other kind; the light jobs of several owners still share a batch. When no
+// owner has a backlog (a burst from many users, one job each), batches fill.
 func (q *fairQueue) take(batch []*job, max int) []*job {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -315,8 +326,15 @@ func (q *fairQueue) take(batch []*job, max int) []*job {
 		q.cond.Wait()
 	}
 	max = min(max, len(batch)+(q.n+q.workers-1)/q.workers)
+	first := len(batch)
+	var light bool // of the batch's jobs
 	for len(batch) < max && q.n > 0 {
 		o := q.turn[0]
+		l := o.n == 1 && q.backlogged > 0
+		if len(batch) > first && l != light {
+			break // it starts the next batch
+		}
+		light = l
 		f := o.turn[0]
 		j := f.jobs[0]
 		j.state = jobTaken
@@ -384,7 +402,9 @@ func (q *fairQueue) remove(j *job, i int) {
 	copy(f.jobs[i:], f.jobs[i+1:])
 	f.jobs[len(f.jobs)-1] = nil // no reference kept past the end
 	f.jobs = f.jobs[:len(f.jobs)-1]
-	o.n--
+	if o.n--; o.n == 1 {
+		q.backlogged--
+	}
 	q.n--
 	if len(f.jobs) == 0 {
 		if f.name != "" {

@@ -1,6 +1,7 @@
 package infer
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -30,5 +31,38 @@ func TestTakeShares(t *testing.T) {
 				t.Fatalf("took %d of %d, want %d", n, tc.waiting, tc.want)
 			}
 		})
+	}
+}
+
+// TestTakeLight: while an owner has a backlog, the single jobs of other owners are
+// batched apart from it, together; without backlogs, single jobs fill batches.
+func TestTakeLight(t *testing.T) {
+	q := newFairQueue(64, time.Second, 1)
+	push := func(owner string) {
+		if _, _, err := q.push(&job{owner: owner, flow: owner}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 6 {
+		push("greedy")
+	}
+	push("cam1")
+	push("cam2")
+	owners := func(b []*job) (s []string) {
+		for _, j := range b {
+			s = append(s, j.owner)
+		}
+		return s
+	}
+	for _, want := range [][]string{{"greedy"}, {"cam1", "cam2"}, {"greedy", "greedy", "greedy", "greedy", "greedy"}} {
+		if got := owners(q.take(nil, 8)); !slices.Equal(got, want) {
+			t.Fatalf("batch %q, want %q", got, want)
+		}
+	}
+	for _, o := range []string{"u1", "u2", "u3"} {
+		push(o)
+	}
+	if got := owners(q.take(nil, 8)); len(got) != 3 {
+		t.Fatalf("single jobs of three owners, no backlog: batch %q, want all three", got)
 	}
 }
