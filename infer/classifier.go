@@ -34,6 +34,12 @@ type Options struct {
 	// caller's owner, another flow than the caller's), that owner's (flow's)
 	// newest job does. Zero means DefaultQueueSize.
 	QueueSize int
+	// Warmup makes each worker run the model on blank input before it takes jobs:
+	// at batch 1 and at MaxBatch, and once more at MaxBatch, timed, to seed the
+	// queue's estimate of the time per image. A model's first runs pay for
+	// allocations and kernel choices; without it the first requests pay, and a
+	// first estimate taken from them refuses work the workers would clear in time.
+	Warmup bool
 	// MaxBatch is how many queued jobs a worker may run through the model at once,
 	// when the model's batch dimension is dynamic. A worker never waits to fill a
 	// batch: it takes what is queued when it becomes free, so batching only happens
@@ -264,6 +270,24 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 	return c, nil
 }
 
+// warm runs b on blank input at batch 1 and at the batch size, then times one more
+// full batch and offers it to the queue as a first estimate. Errors are left to
+// the jobs to meet.
+func (c *Classifier) warm(b Backend) {
+	input := make([]float32, c.maxBatch*c.size)
+	if _, err := run(b, input[:c.size], 1); err != nil {
+		return
+	}
+	if _, err := run(b, input, c.maxBatch); err != nil {
+		return
+	}
+	start := c.now()
+	if _, err := run(b, input, c.maxBatch); err != nil {
+		return
+	}
+	c.queue.seed(c.now().Sub(start) / time.Duration(c.maxBatch))
+}
+
 // Info describes the model.
 func (c *Classifier) Info() ModelInfo {
 	info := c.info
@@ -396,6 +420,9 @@ func (c *Classifier) work(b Backend) {
 		probs:   make([]float64, c.info.NumClasses),
 		batch:   make([]*job, 0, c.maxBatch),
 		ready:   make([]*job, 0, c.maxBatch),
+	}
+	if c.opt.Warmup {
+		c.warm(b)
 	}
 	for {
 		// take never waits to fill a batch: it takes what is queued, up to the

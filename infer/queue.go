@@ -75,7 +75,16 @@ const unmeasuredRetry = time.Second
 // (an exponentially weighted mean): about the last dozen batches count, so the
 // estimate follows a change of images within a second or so under load, and one
 // odd batch (a huge PNG) moves it by an eighth.
-const estimateWeight = 1.0 / 8
+//
+// A batch slower than the estimate counts for less (riseWeight): under a burst the
+// workers share the cores with the reading of the burst's messages, their batches
+// take longer while it arrives, and an estimate that followed them refused most of
+// the burst that they then cleared within half the bound. Slower work that lasts
+// (larger images) still moves it within a few dozen batches.
+const (
+	estimateWeight = 1.0 / 8
+	riseWeight     = 1.0 / 32
+)
 
 // fairQueue holds the jobs waiting for a worker, in two levels: one queue per
 // owner, served round robin, and within it one FIFO per flow, served round robin
@@ -365,7 +374,20 @@ func (q *fairQueue) observe(d time.Duration, n int) {
 		q.perImage = max(sample, 1)
 		return
 	}
-	q.perImage = max(q.perImage+time.Duration(float64(sample-q.perImage)*estimateWeight), 1)
+	w := estimateWeight
+	if sample > q.perImage {
+		w = riseWeight
+	}
+	q.perImage = max(q.perImage+time.Duration(float64(sample-q.perImage)*w), 1)
+}
+
+// seed sets the estimate of the time per image to d if nothing was measured yet.
+func (q *fairQueue) seed(d time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.perImage == 0 && d > 0 {
+		q.perImage = d
+	}
 }
 
 // estimate returns the estimated time per image, 0 until measured.

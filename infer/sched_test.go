@@ -446,3 +446,39 @@ func BenchmarkSubmit(b *testing.B) {
 		})
 	}
 }
+
+// warming is a backend that answers at once, moving a clock on by perImage an
+// image, and records its batches.
+type warming struct {
+	quick
+	clock    *testenv.Clock
+	perImage time.Duration
+	mu       sync.Mutex
+	batches  []int
+}
+
+func (w *warming) Run(input []float32, batch int) ([]float32, error) {
+	w.mu.Lock()
+	w.batches = append(w.batches, batch)
+	w.mu.Unlock()
+	w.clock.Advance(time.Duration(batch) * w.perImage)
+	return w.quick.Run(input, batch)
+}
+
+// TestWarmup: with Options.Warmup each worker runs the model at batch 1 and at the
+// batch size before any job, and the timed last run seeds the queue's estimate.
+func TestWarmup(t *testing.T) {
+	clock := testenv.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	b := &warming{clock: clock, perImage: 7 * time.Millisecond}
+	c := newClassifier(t, []infer.Backend{b}, fakeLabels,
+		infer.WithClock(infer.Options{Warmup: true, MaxBatch: 4}, clock.Now))
+	waitFor(t, func() bool { return c.ImageTime() != 0 })
+	if d := c.ImageTime(); d != 7*time.Millisecond {
+		t.Fatalf("estimate after the warm-up %v, want 7ms", d)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !slices.Equal(b.batches, []int{1, 4, 4}) {
+		t.Fatalf("warm-up batches %v, want [1 4 4]", b.batches)
+	}
+}

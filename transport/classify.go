@@ -53,7 +53,7 @@ func (s *Server) handleClassify(version string) http.HandlerFunc {
 			RequestID:  requestID(r.Context()),
 			Start:      s.now(),
 		}
-		if !s.takeBody() {
+		if !s.takeBody(r) {
 			s.writeError(w, r, errBodies)
 			return
 		}
@@ -147,15 +147,25 @@ func (s *Server) readImage(r *http.Request) (img []byte, topK int, err error) {
 // errBodies answers a POST that finds MaxBodies bodies in the server already.
 var errBodies = &Error{Code: CodeOverloaded, Message: "the server is reading too many request bodies; try again shortly", RetryAfter: overloadedRetry}
 
-// takeBody reserves a place for one POST body, without waiting.
-func (s *Server) takeBody() bool {
+// takeBody reserves a place for one POST body, waiting up to Limits.BodyWait (or
+// while r lasts) for one to free. A request that waits holds no memory of ours: its
+// body stays unread, in the socket's buffers.
+func (s *Server) takeBody(r *http.Request) bool {
 	select {
 	case s.bodies <- struct{}{}:
 		return true
 	default:
-		s.metrics.rejected.WithLabelValues("bodies").Inc()
-		return false
 	}
+	t := time.NewTimer(s.limits.BodyWait)
+	defer t.Stop()
+	select {
+	case s.bodies <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+	s.metrics.rejected.WithLabelValues("bodies").Inc()
+	return false
 }
 
 func (s *Server) releaseBody() { <-s.bodies }

@@ -670,9 +670,13 @@ func TestSlowBody(t *testing.T) {
 }
 
 // TestMaxBodies holds the only body place with a client that sends its body slowly:
-// the next POST is answered overloaded at once, without its body being read.
+// the next POST waits BodyWait for it, then is answered overloaded, without its body
+// being read; once the place is free, a POST goes through.
 func TestMaxBodies(t *testing.T) {
-	e := newEnv(t, withLimits(func(l *Limits) { l.MaxBodies = 1 }))
+	e := newEnv(t, withLimits(func(l *Limits) {
+		l.MaxBodies = 1
+		l.BodyWait = 200 * time.Millisecond
+	}))
 	conn, err := net.Dial("tcp", e.ts.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -687,11 +691,34 @@ func TestMaxBodies(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	start := time.Now()
 	resp, body := e.do(t, "POST", "/v1/classify", e.key, "image/png", smallPNG(t))
 	if resp.StatusCode != 503 || errorOf(t, resp, body) != "overloaded" || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("a second body while the only place is held: %d %s %v", resp.StatusCode, body, resp.Header)
 	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("refused after %v, before the body wait of 200ms", d)
+	}
+	// A POST that arrives while the place is held gets it when it frees.
+	waited := make(chan int, 1)
+	img := smallPNG(t)
+	go func() {
+		req, _ := http.NewRequest("POST", e.ts.URL+"/v1/classify", bytes.NewReader(img))
+		req.Header.Set("Authorization", "Bearer "+e.key)
+		req.Header.Set("Content-Type", "image/png")
+		resp, err := e.ts.Client().Do(req)
+		if err != nil {
+			waited <- -1
+			return
+		}
+		resp.Body.Close()
+		waited <- resp.StatusCode
+	}()
+	time.Sleep(50 * time.Millisecond)
 	conn.Close()
+	if code := <-waited; code != 200 {
+		t.Fatalf("a POST waiting for the place freed meanwhile: %d", code)
+	}
 	deadline = time.Now().Add(5 * time.Second)
 	for e.do2(t, "POST", "/v1/classify", e.key, "image/png", smallPNG(t)) != 200 {
 		if time.Now().After(deadline) {

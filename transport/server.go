@@ -44,10 +44,14 @@ type Limits struct {
 	// it the request is answered overloaded.
 	RequestTimeout time.Duration
 	// MaxBodies bounds the POST bodies (classify requests and SSE frames) being read
-	// and held at once, all clients together (default 128). One more is answered
-	// overloaded (503) at once, unread, so that many clients cannot make the server
-	// hold many large bodies: MaxBodies x MaxBodyBytes is the most they can take.
+	// and held at once, all clients together (default 128). One more waits up to
+	// BodyWait for a place (default 2 s, as the model queue's bound), then is
+	// answered overloaded (503), unread, so that many clients cannot make the
+	// server hold many large bodies: MaxBodies x MaxBodyBytes is the most they can
+	// take. A burst of POSTs larger than MaxBodies is then served as places free,
+	// not refused; a shorter wait refuses it sooner.
 	MaxBodies int
+	BodyWait  time.Duration
 	// LingerBytes, LingerTime and LingerTimeout bound the lingering close of a
 	// request answered with an error before its body was read (see linger.go): the
 	// rest of the body is read and discarded, up to LingerBytes (default 64 MiB) and
@@ -95,6 +99,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxBodies <= 0 {
 		l.MaxBodies = 128
+	}
+	if l.BodyWait <= 0 {
+		l.BodyWait = 2 * time.Second
 	}
 	if l.LingerBytes <= 0 {
 		l.LingerBytes = 64 << 20

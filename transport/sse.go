@@ -252,7 +252,7 @@ func (s *Server) handleFrames(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if !s.takeBody() {
+	if !s.takeBody(r) {
 		s.writeError(w, r, errBodies)
 		return
 	}

@@ -35,7 +35,7 @@ type config struct {
 	authTimeout, writeTimeout       time.Duration
 	pingInterval, heartbeat         time.Duration
 	sessionExpiry, revocationPoll   time.Duration
-	resumeWindow                    time.Duration
+	resumeWindow, bodyWait          time.Duration
 	frameTimeout                    time.Duration
 	replay, maxStreams, maxBodies   int
 	modelCheck                      time.Duration
@@ -88,7 +88,8 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.maxDecodeTime, "max-decode-time", infer.DefaultMaxDecodeTime, "longest one decode may run before it is stopped (413 image_too_large)")
 	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", 11<<20, "largest JSON request body, bytes")
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 30*time.Second, "longest a POST may take to send its body, and to wait for the model")
-	fs.IntVar(&c.maxBodies, "max-bodies", 128, "POST bodies read or held at once, all clients (503 overloaded above, unread)")
+	fs.IntVar(&c.maxBodies, "max-bodies", 128, "POST bodies read or held at once, all clients (one more waits --body-wait, then 503 overloaded, unread)")
+	fs.DurationVar(&c.bodyWait, "body-wait", 2*time.Second, "how long a POST waits for one of --max-bodies places before 503 overloaded")
 	fs.Int64Var(&c.lingerBytes, "linger-bytes", 64<<20, "after an error answer to an unread body, bytes of it read and discarded before closing, so a client still sending reads the answer instead of a reset")
 	fs.DurationVar(&c.lingerTime, "linger-time", 30*time.Second, "longest a connection lingers to discard an unread body (nginx's lingering_time)")
 	fs.DurationVar(&c.lingerTimeout, "linger-timeout", 5*time.Second, "longest a lingering connection waits for more of the body (nginx's lingering_timeout)")
