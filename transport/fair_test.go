@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/infergate/infergate/infer"
-	"github.com/infergate/infergate/infer/ort"
 	"github.com/infergate/infergate/internal/testenv"
 	"github.com/infergate/infergate/storage"
 )
@@ -41,19 +40,7 @@ func TestFairSharing(t *testing.T) {
 	// A model of its own with one worker taking one image at a time, so that the
 	// order of service is the order of answers: with batches, the answers of one
 	// model run come in any order.
-	realModel(t) // ONNX Runtime is initialised once, by the shared model
-	labels, err := infer.LoadLabels(testenv.Labels(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	backends, err := ort.OpenPool(testenv.Model(t), 1, ort.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	model, err := infer.New(backends, labels, infer.Options{Name: "mobilenetv2-12-int8", MaxBatch: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	model := ownModel(t, infer.Options{MaxBatch: 1})
 	t.Cleanup(func() { model.Close() })
 	e := newEnv(t, withClassifier(model))
 	greedy := e.newKey(t, "greedy@test", storage.Limits{RequestsPerMinute: 1000})

@@ -739,9 +739,9 @@ func (c *counting) Submit(ctx context.Context, img []byte, k int, done func(*inf
 	return c.Classifier.Submit(ctx, img, k, done)
 }
 
-// closedModel returns a real classifier of its own (the shared one must stay open),
-// already closed.
-func closedModel(t *testing.T) *infer.Classifier {
+// ownModel returns a real classifier of its own, with one worker and opt, for a test
+// that must not share the model's state; the caller closes it.
+func ownModel(t *testing.T, opt infer.Options) *infer.Classifier {
 	t.Helper()
 	realModel(t) // ONNX Runtime is initialised once, by the shared model
 	labels, err := infer.LoadLabels(testenv.Labels(t))
@@ -752,10 +752,19 @@ func closedModel(t *testing.T) *infer.Classifier {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := infer.New(backends, labels, infer.Options{Name: "mobilenetv2-12-int8"})
+	opt.Name = "mobilenetv2-12-int8"
+	c, err := infer.New(backends, labels, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+// closedModel returns a real classifier of its own (the shared one must stay open),
+// already closed.
+func closedModel(t *testing.T) *infer.Classifier {
+	t.Helper()
+	c := ownModel(t, infer.Options{})
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -38,20 +38,13 @@ type wsMsg struct {
 	Limits       *streamLimits   `json:"limits"`
 }
 
+// dial opens /v1/stream, with the key in the header unless it is "".
 func (e *env) dial(t testing.TB, key string) (*websocket.Conn, *http.Response, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	opts := &websocket.DialOptions{HTTPHeader: http.Header{}}
-	if key != "" {
-		opts.HTTPHeader.Set("Authorization", "Bearer "+key)
+	if key == "" {
+		return e.dialWith(t, "")
 	}
-	c, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.ts.URL, "http")+"/v1/stream", opts)
-	if c != nil {
-		c.SetReadLimit(1 << 20)
-		t.Cleanup(func() { c.CloseNow() })
-	}
-	return c, resp, err
+	return e.dialWith(t, "", "Authorization", "Bearer "+key)
 }
 
 // stream dials with the header and reads the ready message.
