@@ -193,9 +193,10 @@ func resumeQuery(r *http.Request) (*resumeRequest, error) {
 	return &resumeRequest{SessionID: q.Get("resume"), LastSeq: &n}, nil
 }
 
-// wsConn is one WebSocket connection of a stream: the goroutine that serves it reads
-// frames, and its writer goroutine sends the stream's answers from the ring and its
-// close. The keepalive is a timer that pings only while the connection lives.
+// wsConn is one WebSocket connection of a stream: its read loop hands frames to the
+// stream, and a writer goroutine, running only while there is something to send,
+// sends the stream's answers from the ring and its close. The keepalive is a timer
+// that pings only while the connection lives.
 type wsConn struct {
 	s     *Server
 	conn  *websocket.Conn
@@ -316,7 +317,7 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamA
 	c.pinger.Reset(lim.PingInterval)
 	// The read loop runs on a goroutine of its own, and this one (net/http's, whose
 	// stack grew through the upgrade and the authentication) returns: an idle
-	// stream then holds two small stacks, not a deep one.
+	// stream then holds one small stack, not a deep one.
 	handed = true
 	go func() {
 		defer s.conns.done()
