@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -209,14 +208,10 @@ func TestWriteReturnsAfterCommit(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := newWriterEnv(t, WriterOptions{})
-	other, err := sql.Open("sqlite3", DSN(e.db.Path()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
+	other := rawDB(t, e.db)
 	visible := func(id int64) error {
 		var n int
-		if err := other.QueryRowContext(ctx, "SELECT count(*) FROM inference_logs WHERE id = ?", id).Scan(&n); err != nil {
+		if err := other.QueryRowContext(ctx, "SELECT count(*) FROM inference_logs WHERE id = "+fmt.Sprint(id)).Scan(&n); err != nil {
 			return err
 		}
 		if n != 1 {
