@@ -95,3 +95,38 @@ func tableText(t testing.TB, db *DB) []byte {
 	}
 	return []byte(strings.Join(all, "\n"))
 }
+
+// plan returns the query plan of query with args, one line per step.
+// SQLite: EXPLAIN QUERY PLAN. PostgreSQL: EXPLAIN with sequential scans
+// turned off for the transaction, as on the few rows of a test the planner
+// would rightly scan the table: there the plan shows that an index can
+// serve the query, not that the planner picks it on every table.
+func plan(t testing.TB, db *DB, query string, args ...any) string {
+	t.Helper()
+	ctx := context.Background()
+	var lines []string
+	if !db.postgres {
+		var steps []struct {
+			Detail string `bun:"detail"`
+		}
+		if err := db.Bun.NewRaw("EXPLAIN QUERY PLAN "+query, args...).Scan(ctx, &steps); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range steps {
+			lines = append(lines, s.Detail)
+		}
+		return strings.Join(lines, "; ")
+	}
+	// The write pool: EXPLAIN of a DELETE is refused in a read-only
+	// transaction. EXPLAIN without ANALYZE runs nothing.
+	err := db.w.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if _, err := tx.ExecContext(ctx, "SET LOCAL enable_seqscan = off"); err != nil {
+			return err
+		}
+		return tx.NewRaw("EXPLAIN "+query, args...).Scan(ctx, &lines)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(lines, "; ")
+}
