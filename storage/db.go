@@ -62,23 +62,32 @@ const (
 // flush of last_used_at. See lastUsed.
 const maxLastUsed = 10_000
 
-// DB is the SQLite database of infergate. It is safe for concurrent use by
-// many goroutines, and the same file may be opened at the same time by other
-// processes (the CLI while the server runs).
+// DB is the database of infergate: a SQLite file or a PostgreSQL database
+// (see Open). It is safe for concurrent use by many goroutines, and the same
+// database may be opened at the same time by other processes (the CLI while
+// the server runs; with PostgreSQL, several replicas).
 type DB struct {
-	// Bun is a pool of read-only connections (query_only; transactions
-	// start with a plain, deferred BEGIN). Its reads never wait for a
-	// writer, of this process or another: WAL lets them read the last
-	// committed state while a write transaction is open. A write through
-	// it fails with "attempt to write a readonly database".
+	// Bun is a pool of read-only connections (SQLite: query_only;
+	// transactions start with a plain, deferred BEGIN. PostgreSQL:
+	// default_transaction_read_only). Its reads never wait for a writer,
+	// of this process or another: WAL (MVCC in PostgreSQL) lets them read
+	// the last committed state while a write transaction is open. A write
+	// through it fails ("attempt to write a readonly database"; "cannot
+	// execute ... in a read-only transaction").
 	Bun *bun.DB
 
 	// w is a pool of a single connection that serializes this package's
 	// writes inside the process, so they queue in Go instead of polling the
-	// SQLite lock. Only other processes contend through busy_timeout.
+	// SQLite lock. Only other processes contend through busy_timeout (in
+	// PostgreSQL, on row locks).
 	w *bun.DB
 
+	// postgres is the one switch between the dialects: true when the
+	// database is PostgreSQL. The few places that read it say why.
+	postgres bool
+
 	path string
+	dsn  string // what Open was given (for tests to open it again)
 	now  func() time.Time
 
 	lastUsed *lastUsed // key uses waiting for the next flush of last_used_at
@@ -86,14 +95,31 @@ type DB struct {
 	prunedBatch func() // for tests: called by PruneLogs between two batches
 }
 
-// Open opens the SQLite database at path, creating its folder and the file
-// (mode 0600) when missing, and runs the migrations. Every connection of the
-// pools is opened with journal_mode=WAL, busy_timeout=5000, foreign_keys=ON
-// and synchronous=FULL (and query_only on the read pool), and fails to open
-// if reading the pragmas back shows something else. path is a file name, not
-// a URI; ":memory:" is not supported.
-func Open(ctx context.Context, path string) (*DB, error) {
-	return open(ctx, path, syncFull)
+// Open opens the database named by dsn and runs the migrations.
+//
+// A postgres:// or postgresql:// URL (see IsPostgres) opens that
+// PostgreSQL database through pgx; the database must exist, and the
+// migrations create the tables.
+//
+// Anything else is the path of a SQLite file, created with its folder
+// (mode 0600) when missing. Every connection of the pools is opened with
+// journal_mode=WAL, busy_timeout=5000, foreign_keys=ON and synchronous=FULL
+// (and query_only on the read pool), and fails to open if reading the
+// pragmas back shows something else. path is a file name, not a URI;
+// ":memory:" is not supported.
+func Open(ctx context.Context, dsn string) (*DB, error) {
+	var db *DB
+	var err error
+	if IsPostgres(dsn) {
+		db, err = openPostgres(ctx, dsn)
+	} else {
+		db, err = open(ctx, dsn, syncFull)
+	}
+	if err != nil {
+		return nil, err
+	}
+	db.dsn = dsn
+	return db, nil
 }
 
 // open is Open with the synchronous setting as a parameter, so that a
@@ -169,7 +195,8 @@ func dsn(path, synchronous string, readOnly bool) string {
 	return s + "&_txlock=immediate"
 }
 
-// Path returns the file name the database was opened with.
+// Path returns the file name the database was opened with; for PostgreSQL,
+// its URL without the password.
 func (db *DB) Path() string { return db.path }
 
 // Close stores the key uses not yet flushed (see Authenticate), then closes
@@ -181,7 +208,7 @@ func (db *DB) Close() error {
 	return errors.Join(flushErr, db.w.Close(), db.Bun.Close())
 }
 
-// Ping checks that the database answers a query that reads the file.
+// Ping checks that the database answers a query that reads a table.
 func (db *DB) Ping(ctx context.Context) error {
 	var n int
 	if err := db.Bun.NewRaw("SELECT count(*) FROM schema_migrations").Scan(ctx, &n); err != nil {

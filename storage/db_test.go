@@ -27,6 +27,7 @@ func readPragmas(t *testing.T, conn bun.Conn) map[string]string {
 }
 
 func TestPragmasOnEveryConnection(t *testing.T) {
+	sqliteOnly(t, "pragmas")
 	t.Parallel()
 	ctx := context.Background()
 	db := openTest(t)
@@ -81,6 +82,7 @@ func TestPragmasOnEveryConnection(t *testing.T) {
 }
 
 func TestPragmaMismatchIsAnError(t *testing.T) {
+	sqliteOnly(t, "pragmas")
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "x.db")
 	tests := []struct {
@@ -120,7 +122,9 @@ func TestReadPoolIsReadOnly(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := openTest(t)
-	if _, err := db.Bun.ExecContext(ctx, "DELETE FROM users"); err == nil || !strings.Contains(err.Error(), "readonly") {
+	// SQLite: "attempt to write a readonly database"; PostgreSQL: "cannot
+	// execute DELETE in a read-only transaction".
+	if _, err := db.Bun.ExecContext(ctx, "DELETE FROM users"); err == nil || !strings.Contains(strings.ReplaceAll(err.Error(), "-", ""), "readonly") {
 		t.Fatalf("write through the read pool = %v, want a readonly error", err)
 	}
 	// Another connection holds the write lock; a read transaction still
@@ -130,7 +134,7 @@ func TestReadPoolIsReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lock.Close()
-	if _, err := lock.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+	if err := lockWrites(ctx, db, lock); err != nil {
 		t.Fatal(err)
 	}
 	defer lock.ExecContext(ctx, "ROLLBACK")
@@ -148,6 +152,9 @@ func TestOpenTwiceMigratesOnce(t *testing.T) {
 	ctx := context.Background()
 	// A new folder, with characters that are special in a URI.
 	path := filepath.Join(t.TempDir(), "sub", "we?rd #dir%20", "infergate.db")
+	if onPostgres {
+		path = testDSN(t)
+	}
 	for range 2 {
 		db, err := Open(ctx, path)
 		if err != nil {
@@ -167,6 +174,9 @@ func TestOpenTwiceMigratesOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if onPostgres {
+		return // the rest is about SQLite's file
+	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -182,9 +192,12 @@ func TestOpenTwiceMigratesOnce(t *testing.T) {
 	}
 }
 
+// TestOpenConcurrentlyOnNewFile opens a new database from several handles
+// at once: each migration is applied once (SQLite: BEGIN IMMEDIATE;
+// PostgreSQL: the advisory lock).
 func TestOpenConcurrentlyOnNewFile(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "infergate.db")
+	path := testDSN(t)
 	const n = 4
 	errs := make(chan error, n)
 	dbs := make(chan *DB, n)
@@ -211,7 +224,7 @@ func TestOpenConcurrentlyOnNewFile(t *testing.T) {
 func TestOpenRefusesNewerSchema(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "infergate.db")
+	path := testDSN(t)
 	db, err := Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)
@@ -230,6 +243,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 }
 
 func TestOpenRefusesNonFilePaths(t *testing.T) {
+	sqliteOnly(t, "file paths")
 	t.Parallel()
 	for _, p := range []string{"", ":memory:", "file:x.db?mode=memory"} {
 		if db, err := Open(context.Background(), p); err == nil {
@@ -249,15 +263,33 @@ func TestSchema(t *testing.T) {
 		Table string `bun:"tbl_name"`
 		SQL   string `bun:"sql"`
 	}
-	if err := db.Bun.NewRaw("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL").
-		Scan(ctx, &indexes); err != nil {
-		t.Fatal(err)
-	}
+	indexSQL := "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
 	want := map[string]string{
 		"users_email_idx":                       "CREATE UNIQUE INDEX users_email_idx ON users (email)",
 		"api_keys_hash_idx":                     "CREATE UNIQUE INDEX api_keys_hash_idx ON api_keys (hash)",
 		"api_keys_prefix_idx":                   "CREATE INDEX api_keys_prefix_idx ON api_keys (prefix)",
 		"inference_logs_user_id_created_at_idx": "CREATE INDEX inference_logs_user_id_created_at_idx ON inference_logs (user_id, created_at)",
+	}
+	// The foreign keys of a table, as "column->table.column".
+	fkSQL := `SELECT "from" || '->' || "table" || '.' || "to" FROM pragma_foreign_key_list(?) ORDER BY 1`
+	if db.postgres {
+		indexSQL = "SELECT indexname AS name, tablename AS tbl_name, indexdef AS sql FROM pg_indexes WHERE schemaname = current_schema()"
+		for name, def := range want {
+			// PostgreSQL shows the schema and the method.
+			on := strings.Index(def, " ON ") + len(" ON ")
+			table, cols, _ := strings.Cut(def[on:], " ")
+			want[name] = def[:on] + "public." + table + " USING btree " + cols
+		}
+		fkSQL = `SELECT a.attname || '->' || rt.relname || '.' || ra.attname
+			FROM pg_constraint AS c
+			JOIN pg_class AS t ON t.oid = c.conrelid
+			JOIN pg_class AS rt ON rt.oid = c.confrelid
+			JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+			JOIN pg_attribute AS ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1]
+			WHERE c.contype = 'f' AND t.relname = ? ORDER BY 1`
+	}
+	if err := db.Bun.NewRaw(indexSQL).Scan(ctx, &indexes); err != nil {
+		t.Fatal(err)
 	}
 	for _, ix := range indexes {
 		if w, ok := want[ix.Name]; ok {
@@ -275,11 +307,11 @@ func TestSchema(t *testing.T) {
 		"api_keys":       {"user_id->users.id"},
 		"sessions":       {"api_key_id->api_keys.id", "user_id->users.id"},
 		"inference_logs": {"api_key_id->api_keys.id", "session_id->sessions.id", "user_id->users.id"},
+		"client_tokens":  {"api_key_id->api_keys.id", "user_id->users.id"},
 	}
 	for table, want := range fks {
 		var got []string
-		if err := db.Bun.NewRaw("SELECT \"from\" || '->' || \"table\" || '.' || \"to\" FROM pragma_foreign_key_list(?) ORDER BY 1", table).
-			Scan(ctx, &got); err != nil {
+		if err := db.Bun.NewRaw(fkSQL, table).Scan(ctx, &got); err != nil {
 			t.Fatal(err)
 		}
 		if strings.Join(got, " ") != strings.Join(want, " ") {
@@ -287,13 +319,23 @@ func TestSchema(t *testing.T) {
 		}
 	}
 
-	// Every column of every model is a column of its table.
-	for _, model := range []any{(*User)(nil), (*APIKey)(nil), (*Session)(nil), (*InferenceLog)(nil)} {
-		table := db.Bun.Table(reflectType(model))
-		var cols []string
-		if err := db.Bun.NewRaw("SELECT name FROM pragma_table_info(?)", table.Name).Scan(ctx, &cols); err != nil {
+	if db.postgres {
+		// Times keep their zone, and REAL would be 4 bytes in PostgreSQL.
+		var bad []string
+		if err := db.Bun.NewRaw(`SELECT table_name || '.' || column_name || ' ' || data_type
+			FROM information_schema.columns WHERE table_schema = current_schema()
+			AND data_type IN ('real', 'timestamp without time zone')`).Scan(ctx, &bad); err != nil {
 			t.Fatal(err)
 		}
+		if len(bad) > 0 {
+			t.Errorf("columns of the wrong type: %v", bad)
+		}
+	}
+
+	// Every column of every model is a column of its table.
+	for _, model := range []any{(*User)(nil), (*APIKey)(nil), (*Session)(nil), (*InferenceLog)(nil), (*ClientToken)(nil)} {
+		table := db.Bun.Table(reflectType(model))
+		cols := columnNames(t, db, table.Name)
 		have := strings.Join(cols, ",")
 		for _, f := range table.Fields {
 			if !strings.Contains(","+have+",", ","+f.Name+",") {

@@ -1,5 +1,8 @@
 // Package storage keeps infergate's users, API keys, sessions and inference
-// logs in one SQLite file, through bun and github.com/mattn/go-sqlite3 (cgo).
+// logs in one SQLite file, through bun and github.com/mattn/go-sqlite3 (cgo),
+// or in a PostgreSQL database, through bun's pgdialect and
+// github.com/jackc/pgx/v5 (see PostgreSQL below). Open chooses by the name
+// it is given.
 //
 // # Database
 //
@@ -27,14 +30,41 @@
 // one transaction, recorded in schema_migrations; applying them again is a
 // no-op, and a file migrated by a newer build is refused.
 //
+// # PostgreSQL
+//
+// Open given a postgres:// or postgresql:// URL opens that database, which
+// must exist. The code above the connection is the same: one list of
+// migrations, the same queries through bun, the same Writer (group commit,
+// one transaction and multi-row INSERTs per batch), the same pools (a
+// read-only one, whose transactions are READ ONLY, and one write connection
+// per process, so the writes of one process queue in Go while other
+// processes, replicas included, meet on PostgreSQL's row locks). The
+// dialects differ in these places only, each commented where it is:
+//
+//   - the DDL of some migrations (migration.postgres in migrate.go): identity
+//     columns, TIMESTAMPTZ and DOUBLE PRECISION;
+//   - the lock that makes concurrent migrations apply once (migrate.go: an
+//     advisory lock; SQLite has BEGIN IMMEDIATE);
+//   - how the Writer learns the ids of a batch (writer.go insert: RETURNING
+//     id, in VALUES order; SQLite's ids are consecutive);
+//   - the errors that mean a constraint or a full disk (isConstraint,
+//     markFull);
+//   - opening the pools (postgres.go; db.go holds SQLite's pragmas).
+//
+// Single use of a client token needs nothing more: its redemption is one
+// UPDATE ... WHERE used_at IS NULL, and PostgreSQL makes a second,
+// concurrent UPDATE of the row wait for the first and then find the
+// condition false.
+//
 // # Times
 //
-// Times are stored in UTC as TEXT in bun's format
+// In SQLite, times are stored in UTC as TEXT in bun's format
 // "2006-01-02 15:04:05.999999+00:00", at microsecond precision; every value
 // this package writes or compares goes through bun, so the format is always
 // the same and string order is time order. That is what makes
 // "created_at >= ?" in Usage correct and able to use the
-// (user_id, created_at) index. Values passed in are converted to UTC and
+// (user_id, created_at) index. In PostgreSQL they are TIMESTAMPTZ, read back
+// in UTC. Values passed in are converted to UTC and
 // truncated to the microsecond, so what is read back equals what was
 // written.
 //

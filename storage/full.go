@@ -20,10 +20,17 @@ func (e *fullError) Error() string   { return e.err.Error() }
 func (e *fullError) Unwrap() []error { return []error{ErrFull, e.err} }
 
 // markFull returns err marked as ErrFull when SQLite refused a write for lack of
-// space (SQLITE_FULL, or an I/O error whose cause is ENOSPC), else err itself.
+// space (SQLITE_FULL, or an I/O error whose cause is ENOSPC) or PostgreSQL did
+// (SQLSTATE 53100 disk_full), else err itself.
 func markFull(err error) error {
+	if err == nil || errors.Is(err, ErrFull) {
+		return err
+	}
+	if pgCode(err) == pgDiskFull {
+		return &fullError{err}
+	}
 	var se sqlite3.Error
-	if err == nil || errors.Is(err, ErrFull) || !errors.As(err, &se) {
+	if !errors.As(err, &se) {
 		return err
 	}
 	if se.Code == sqlite3.ErrFull || se.SystemErrno == syscall.ENOSPC {

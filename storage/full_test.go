@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/mattn/go-sqlite3"
 )
 
@@ -20,6 +21,7 @@ import (
 // disk is full), checks that writes fail with ErrFull and leave the file intact,
 // and that they succeed again once there is room, on the same Writer and DB.
 func TestWriteWhenFull(t *testing.T) {
+	sqliteOnly(t, "a full database is made with PRAGMA max_page_count")
 	t.Parallel()
 	ctx := context.Background()
 	e := newWriterEnv(t, WriterOptions{})
@@ -75,6 +77,8 @@ func TestWriteWhenFull(t *testing.T) {
 	}
 }
 
+// TestMarkFull: SQLite's and PostgreSQL's ways of saying the disk is full
+// are ErrFull, and nothing else is. (It builds errors: one pass would do.)
 func TestMarkFull(t *testing.T) {
 	t.Parallel()
 	other := errors.New("other")
@@ -90,6 +94,9 @@ func TestMarkFull(t *testing.T) {
 		{"I/O error from ENOSPC", sqlite3Error(10, 28), true},
 		{"I/O error from EIO", sqlite3Error(10, 5), false},
 		{"wrapped SQLITE_FULL", fmt.Errorf("insert: %w", sqlite3Error(13, 0)), true},
+		{"postgres disk_full", fmt.Errorf("insert: %w", &pgconn.PgError{Code: "53100"}), true},
+		{"postgres out_of_memory", &pgconn.PgError{Code: "53200"}, false},
+		{"postgres foreign key", &pgconn.PgError{Code: "23503"}, false},
 	}
 	for _, tc := range cases {
 		got := markFull(tc.err)
@@ -113,6 +120,7 @@ func sqlite3Error(code, errno int) error {
 // the first failure and then one line per FailureLogEvery that counts the others,
 // not a line per commit.
 func TestWriterFailureLogThrottled(t *testing.T) {
+	sqliteOnly(t, "failures are made with PRAGMA max_page_count")
 	t.Parallel()
 	for _, tc := range []struct {
 		name  string

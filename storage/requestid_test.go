@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -31,6 +32,7 @@ func TestRequestIDRoundTrip(t *testing.T) {
 // TestMigrateAddsRequestID opens a database made by the first schema version,
 // with a row in it: the row stays, with no request id.
 func TestMigrateAddsRequestID(t *testing.T) {
+	sqliteOnly(t, "upgrades a SQLite file of schema version 1")
 	t.Parallel()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "v1.db")
@@ -38,7 +40,7 @@ func TestMigrateAddsRequestID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stmts := append([]string{createMigrationsTable}, migrations[0].stmts...)
+	stmts := append(slices.Clone(createMigrationsTable.stmts), migrations[0].stmts...)
 	stmts = append(stmts,
 		`INSERT INTO schema_migrations (version, name, applied_at) VALUES (1, 'v1', '2026-01-01 00:00:00+00:00')`,
 		`INSERT INTO users (email, created_at) VALUES ('old@example.com', '2026-01-01 00:00:00+00:00')`,

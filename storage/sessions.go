@@ -104,7 +104,9 @@ func (db *DB) EndSession(ctx context.Context, id string, end SessionEnd) error {
 // It must run only when no live process owns a session of this database:
 // the serving process calls it at start, before it accepts streams. With
 // SQLite one process serves a database, so at that point every open session
-// is abandoned; the CLI never calls it.
+// is abandoned; the CLI never calls it. A PostgreSQL database may be served
+// by several replicas, whose open sessions are alive: there the serving
+// process does not call it.
 func (db *DB) EndAbandonedSessions(ctx context.Context, closeCode int) (int64, error) {
 	// The log rows of a session are found through the (user_id, created_at)
 	// index: its user's rows since it started.

@@ -79,7 +79,8 @@ func usageQuery(idb bun.IDB, userID int64, since time.Time) *bun.SelectQuery {
 		TableExpr("inference_logs").
 		ColumnExpr("transport").
 		ColumnExpr("count(*) AS n").
-		ColumnExpr("coalesce(sum(status = 200), 0) AS ok").
+		// CASE, not sum(status = 200): PostgreSQL does not sum booleans.
+		ColumnExpr("coalesce(sum(CASE WHEN status = 200 THEN 1 ELSE 0 END), 0) AS ok").
 		ColumnExpr("coalesce(sum(latency_ms), 0) AS latency").
 		Where("user_id = ?", userID).
 		GroupExpr("transport")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-sqlite3"
+	"github.com/uptrace/bun"
 )
 
 // WriterOptions configure a Writer. The zero value means the defaults.
@@ -387,10 +388,16 @@ func (w *Writer) answer(batch []*writeReq, err error) {
 	}
 }
 
-// insert commits rows in one transaction and sets their ids. The rows of a
-// multi-row INSERT get consecutive ids (AUTOINCREMENT, one writer holding
-// the lock), so the ids follow from the last one; RETURNING would not do,
-// as SQLite returns its rows in no defined order.
+// insert commits rows in one transaction and sets their ids.
+//
+// How the ids are learnt is the one place the dialects differ here. SQLite:
+// the rows of a multi-row INSERT get consecutive ids (AUTOINCREMENT, one
+// writer holding the lock), so the ids follow from the last one; RETURNING
+// would not do, as SQLite returns its rows in no defined order. PostgreSQL:
+// ids come from an identity sequence that other replicas draw from at the
+// same time, so they need not be consecutive; RETURNING id returns them in
+// the order of the VALUES rows (an INSERT ... VALUES emits its rows in
+// order), which TestWriterLargeBatch checks.
 func (w *Writer) insert(rows []*InferenceLog) error {
 	ctx := context.Background() // the rows are handed over: finish even if their callers leave
 	start := time.Now()
@@ -401,22 +408,15 @@ func (w *Writer) insert(rows []*InferenceLog) error {
 	ids := make([]int64, 0, len(rows))
 	for start := 0; start < len(rows); start += insertChunk {
 		chunk := rows[start:min(start+insertChunk, len(rows))]
-		res, err := tx.NewInsert().Model(&chunk).Returning("NULL").Exec(ctx)
+		var err error
+		if w.db.postgres {
+			ids, err = insertReturning(ctx, tx, chunk, ids)
+		} else {
+			ids, err = insertConsecutive(ctx, tx, chunk, ids)
+		}
 		if err != nil {
 			tx.Rollback()
 			return err
-		}
-		last, err := res.LastInsertId()
-		if err != nil {
-			tx.Rollback()
-			return err
-		}
-		if n, err := res.RowsAffected(); err != nil || n != int64(len(chunk)) {
-			tx.Rollback()
-			return fmt.Errorf("inserted %d rows of %d (%v)", n, len(chunk), err)
-		}
-		for i := range chunk {
-			ids = append(ids, last-int64(len(chunk)-1-i))
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -433,9 +433,48 @@ func (w *Writer) insert(rows []*InferenceLog) error {
 	return nil
 }
 
+// insertConsecutive inserts chunk in one statement (SQLite) and appends its
+// ids to ids, computed from the last one.
+func insertConsecutive(ctx context.Context, tx bun.Tx, chunk []*InferenceLog, ids []int64) ([]int64, error) {
+	res, err := tx.NewInsert().Model(&chunk).Returning("NULL").Exec(ctx)
+	if err != nil {
+		return ids, err
+	}
+	last, err := res.LastInsertId()
+	if err != nil {
+		return ids, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n != int64(len(chunk)) {
+		return ids, fmt.Errorf("inserted %d rows of %d (%v)", n, len(chunk), err)
+	}
+	for i := range chunk {
+		ids = append(ids, last-int64(len(chunk)-1-i))
+	}
+	return ids, nil
+}
+
+// insertReturning inserts chunk in one statement (PostgreSQL) and appends
+// the ids that RETURNING gives, in row order, to ids.
+func insertReturning(ctx context.Context, tx bun.Tx, chunk []*InferenceLog, ids []int64) ([]int64, error) {
+	var got []int64
+	if _, err := tx.NewInsert().Model(&chunk).Returning("id").Exec(ctx, &got); err != nil {
+		return ids, err
+	}
+	if len(got) != len(chunk) {
+		return ids, fmt.Errorf("inserted %d rows of %d", len(got), len(chunk))
+	}
+	return append(ids, got...), nil
+}
+
+// isConstraint reports whether err is the database refusing a row on a
+// constraint (a foreign key, a CHECK, a unique index): SQLite's
+// SQLITE_CONSTRAINT, PostgreSQL's class 23.
 func isConstraint(err error) bool {
 	var se sqlite3.Error
-	return errors.As(err, &se) && se.Code == sqlite3.ErrConstraint
+	if errors.As(err, &se) {
+		return se.Code == sqlite3.ErrConstraint
+	}
+	return strings.HasPrefix(pgCode(err), pgIntegrityClass)
 }
 
 // checkRow refuses rows that the schema would refuse or that bun cannot

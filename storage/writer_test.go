@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -209,14 +208,10 @@ func TestWriteReturnsAfterCommit(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := newWriterEnv(t, WriterOptions{})
-	other, err := sql.Open("sqlite3", DSN(e.db.Path()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
+	other := rawDB(t, e.db)
 	visible := func(id int64) error {
 		var n int
-		if err := other.QueryRowContext(ctx, "SELECT count(*) FROM inference_logs WHERE id = ?", id).Scan(&n); err != nil {
+		if err := other.QueryRowContext(ctx, "SELECT count(*) FROM inference_logs WHERE id = "+fmt.Sprint(id)).Scan(&n); err != nil {
 			return err
 		}
 		if n != 1 {
@@ -602,5 +597,62 @@ func TestWriterAsync(t *testing.T) {
 	bad.UserID = 0
 	if err := e.w.WriteAsync(ctx, bad, func(error) { t.Error("done called for a refused row") }); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("bad row: %v", err)
+	}
+}
+
+// TestWritersOfTwoHandles: two processes (replicas, with PostgreSQL) write
+// logs at once, each with its own Writer; every row gets its own id, and
+// the id each Write reports is that of its row, though the ids of one
+// batch need not be consecutive while the other handle inserts too.
+func TestWritersOfTwoHandles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newWriterEnv(t, WriterOptions{MaxBatch: 16})
+	other, err := Open(ctx, a.db.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Close() })
+	b := &writerEnv{db: other, w: NewWriter(other, WriterOptions{MaxBatch: 16, Logger: quiet}), u: a.u, k: a.k}
+	t.Cleanup(func() { b.w.Close(context.Background()) })
+
+	const n = 200
+	rows := make([]*InferenceLog, 0, 2*n)
+	var errs []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for h, e := range []*writerEnv{a, b} {
+		for i := range n {
+			r := e.row(int64(h*n + i))
+			rows = append(rows, r)
+			wg.Go(func() {
+				if err := e.w.Write(ctx, r); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	ids := make(map[int64]bool)
+	for _, r := range rows {
+		if ids[r.ID] {
+			t.Fatalf("id %d given twice", r.ID)
+		}
+		ids[r.ID] = true
+		var seq int64
+		if err := a.db.Bun.NewSelect().Model((*InferenceLog)(nil)).Column("seq").Where("id = ?", r.ID).Scan(ctx, &seq); err != nil {
+			t.Fatal(err)
+		}
+		if seq != *r.Seq {
+			t.Fatalf("row of seq %d has id %d, which holds seq %d", *r.Seq, r.ID, seq)
+		}
+	}
+	if c := a.count(t); c != 2*n {
+		t.Fatalf("%d rows, want %d", c, 2*n)
 	}
 }

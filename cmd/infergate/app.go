@@ -78,10 +78,14 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	// One process serves a SQLite database, so a session still open now was left
-	// so by a previous run that died; the CLI never does this.
+	// so by a previous run that died; the CLI never does this. A PostgreSQL
+	// database may be served by several replicas, whose open sessions are alive:
+	// none is ended here (sessions carry no owner to tell a dead replica's apart).
 	// Not fatal: on a full disk the server must still start, answer reads and
 	// refuse writes with unavailable until space returns; the next start tries again.
-	if n, err := m.DB.EndAbandonedSessions(ctx, closeAbandoned); err != nil {
+	if storage.IsPostgres(c.db) {
+		m.log.Info("sessions left open by earlier runs are not ended: with PostgreSQL, other replicas may own them")
+	} else if n, err := m.DB.EndAbandonedSessions(ctx, closeAbandoned); err != nil {
 		m.log.Error("could not end the sessions a previous run left open; the next start tries again", "err", err)
 	} else if n > 0 {
 		m.log.Warn("ended the sessions a previous run left open", "sessions", n, "close_code", closeAbandoned)
@@ -152,7 +156,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.serveErr = make(chan error, 1)
 	go func() { m.serveErr <- m.HTTP.Serve(m.ln) }()
 	info := m.Classifier.Info()
-	m.log.Info("serving", "addr", m.Addr(), "model", info.Name, "workers", c.workers, "db", c.db)
+	m.log.Info("serving", "addr", m.Addr(), "model", info.Name, "workers", c.workers, "db", m.DB.Path()) // Path: a URL without its password
 	fmt.Fprintf(m.stdout, "infergate %s listening on http://%s (model %s)\n", version, m.Addr(), info.Name)
 	return nil
 }
@@ -242,6 +246,9 @@ func (m *Main) ensureDemoUser(ctx context.Context) error {
 	path := m.cfg.demoKeyFile
 	if path == "" {
 		path = filepath.Join(filepath.Dir(m.cfg.db), "demo-api-key.txt")
+		if storage.IsPostgres(m.cfg.db) { // a URL has no folder
+			path = "demo-api-key.txt"
+		}
 	}
 	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write demo key: %w", err)

@@ -60,7 +60,7 @@ func envName(flagName string) string {
 
 // dbFlag adds --db, which every subcommand takes.
 func dbFlag(fs *flag.FlagSet, p *string) {
-	fs.StringVar(p, "db", "data/infergate.db", "SQLite database file (created with its folder if missing)")
+	fs.StringVar(p, "db", "data/infergate.db", "SQLite database file (created with its folder if missing), or the postgres:// URL of a PostgreSQL database")
 }
 
 func serveFlags(c *config) *flag.FlagSet {
@@ -70,7 +70,7 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.StringVar(&c.model, "model", "assets/models/mobilenetv2-12-int8.onnx", "ONNX image classifier: input [N,3,H,W] or [N,H,W,3] float32, output [N,classes]")
 	fs.StringVar(&c.labels, "labels", "assets/labels/imagenet_classes.txt", "class names, one per line, in output order")
 	fs.StringVar(&c.ortLib, "ort-lib", "third_party/onnxruntime/lib/libonnxruntime.so.1.24.1", "ONNX Runtime 1.24.1 shared library")
-	fs.StringVar(&c.demoKeyFile, "demo-key-file", "", "where the first start writes the demo user's key (default: demo-api-key.txt beside the database)")
+	fs.StringVar(&c.demoKeyFile, "demo-key-file", "", "where the first start writes the demo user's key (default: demo-api-key.txt beside the database; with PostgreSQL, in the working folder)")
 	fs.IntVar(&c.workers, "workers", runtime.NumCPU(), "model sessions running side by side; each decodes and classifies one image (or batch) at a time")
 	fs.IntVar(&c.threads, "threads", 1, "ONNX Runtime intra-op threads per worker; workers x threads should not exceed the cores")
 	fs.IntVar(&c.maxBatch, "max-batch", 8, "images a worker may run in one batch when several wait (models with a dynamic batch size); it never waits to fill one")

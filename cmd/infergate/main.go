@@ -74,7 +74,8 @@ commands:
                                  delete inference log rows older than AGE (30d, 36h)
   version                        print the version
 
-Every command takes --db (env INFERGATE_DB, default data/infergate.db).
+Every command takes --db (env INFERGATE_DB, default data/infergate.db): a SQLite
+file, or the postgres:// URL of a PostgreSQL database.
 `
 
 // run is the whole program: main only adds the process's signals and exit code.
