@@ -30,8 +30,10 @@ test: setup test-deps test-setup check-tidy lint test-go test-fuzz test-python t
 test-deps:
 	@scripts/install-test-deps.sh
 
+# PostgreSQL for the storage suite's second pass: the machine's, or a private one
+# (scripts/with-services.sh).
 test-go:
-	$(GO) test -race -count=1 -timeout 15m ./...
+	bash scripts/with-services.sh $(GO) test -race -count=1 -timeout 15m ./...
 
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./infer
