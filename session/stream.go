@@ -464,7 +464,7 @@ func (s *Stream) Update(ctx context.Context, u Update) (Settings, error) {
 		return Settings{}, err
 	}
 	ev := Event{Kind: KindUpdated}
-	next, err := s.apply(u)
+	next, err := CheckSettings(s.settings, u, s.maxFPS)
 	if u.Refused != nil {
 		err = u.Refused
 	}
@@ -485,11 +485,6 @@ func (s *Stream) Update(ctx context.Context, u Update) (Settings, error) {
 	s.mu.Unlock()
 	s.start(start)
 	return ev.Settings, err
-}
-
-// apply returns the settings after u, or why u is refused; s.mu is held.
-func (s *Stream) apply(u Update) (Settings, error) {
-	return CheckSettings(s.settings, u, s.maxFPS)
 }
 
 // CheckSettings returns cur changed by u, or an error wrapping ErrSettings when a

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/infergate/infergate/session"
 )
 
 // FuzzClassifyBody feeds arbitrary JSON bodies to the classify request reader: it
@@ -184,4 +186,14 @@ func TestSplitImage(t *testing.T) {
 	if f, _ := parseFrame([]byte(`{"type":"frame","image":"QQ","image":"QQ"}`), time.Time{}, false); f.Err == nil {
 		t.Fatal("duplicate image accepted")
 	}
+}
+
+// parseFrame (for the tests) decodes a text message after authentication as a frame; ping tells a
+// ping. See parseMessage.
+func parseFrame(data []byte, now time.Time, typeOptional bool) (f session.Frame, ping bool) {
+	f, kind, _ := parseMessage(data, now, typeOptional)
+	if f.TopK == 0 {
+		f.TopK = defaultTopK
+	}
+	return f, kind == msgPing
 }

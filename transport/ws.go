@@ -564,16 +564,6 @@ func updateOf(upd *streamSettings, maxFPS int) session.Update {
 	return upd.update()
 }
 
-// parseFrame decodes a text message after authentication as a frame; ping tells a
-// ping. See parseMessage.
-func parseFrame(data []byte, now time.Time, typeOptional bool) (f session.Frame, ping bool) {
-	f, kind, _ := parseMessage(data, now, typeOptional)
-	if f.TopK == 0 {
-		f.TopK = defaultTopK
-	}
-	return f, kind == msgPing
-}
-
 // parseMessage decodes a text message after authentication. Malformed messages become
 // frames that carry their error, so they are answered in order and the stream goes
 // on. A frame without top_k has TopK 0: the stream's setting. A session.update
