@@ -592,3 +592,39 @@ func TestReplacedOwner(t *testing.T) {
 		t.Fatalf("the new owner's frame: %v, seq %d", err, st.Seq())
 	}
 }
+
+// TestOrderBound: the answers waiting behind an unanswered frame are bounded by the
+// ring's size, in latest mode too (where skips hold no image but still take places):
+// past it Submit waits, here until its context ends, then goes on once the head is
+// answered.
+func TestOrderBound(t *testing.T) {
+	cls := &reorder{gates: map[byte]chan struct{}{}}
+	reg, _, _ := newTestRegistry(t, cls, Limits{Replay: 3})
+	latest := Latest
+	st, err := reg.Open(context.Background(), OpenParams{Principal: principal(100, 4), Transport: "ws", Kick: func() {},
+		Settings: Update{Mode: &latest}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []byte("abc") { // a runs, b is skipped for c, c waits
+		if _, _, err := st.Submit(context.Background(), Frame{Image: []byte{b}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, _, err := st.Submit(ctx, Frame{Image: []byte("d")}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a fourth answer behind the head: %v, want to wait", err)
+	}
+	if err := st.Ping(ctx, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a ping behind the head: %v, want to wait", err)
+	}
+	close(cls.gate('a'))
+	close(cls.gate('c'))
+	close(cls.gate('d'))
+	if _, _, err := st.Submit(context.Background(), Frame{Image: []byte("d")}); err != nil {
+		t.Fatal(err)
+	}
+	// Frame 4's answer reaches the ring (which keeps the last 3 of the 4).
+	waitFor(t, func() bool { _, ok := st.Replay().Resume(4); return ok })
+}
