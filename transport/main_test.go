@@ -116,22 +116,7 @@ func withListener(wrap func(net.Listener) net.Listener) option {
 func withLogger(l *slog.Logger) option { return func(s *setup) { s.cfg.Logger = l } }
 
 // logBuffer collects a server's JSON log lines.
-type logBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuffer struct{ testenv.Buffer }
 
 // records returns the log records whose message is msg.
 func (l *logBuffer) records(t testing.TB, msg string) []map[string]any {

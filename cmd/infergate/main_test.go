@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,33 +43,8 @@ type server struct {
 	url    string
 	key    string
 	db     string
-	stdout *syncBuffer
-	stderr *syncBuffer
-}
-
-// syncBuffer is a bytes.Buffer that the process's output may fill while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) WriteString(s string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.b.WriteString(s)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	stdout *testenv.Buffer
+	stderr *testenv.Buffer
 }
 
 // waitFor polls cond until it holds, or fails the test after 30 s.
@@ -106,7 +80,7 @@ func startServer(t *testing.T, bin string, env ...string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{cmd: cmd, db: db, stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	s := &server{cmd: cmd, db: db, stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{}}
 	cmd.Stderr = s.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
