@@ -135,6 +135,24 @@ func (c *chaos) run(ctx context.Context) (*report, error) {
 
 func seconds(d time.Duration) float64 { return float64(d.Milliseconds()) / 1000 }
 
+// serve creates a key in db and starts a server on it that logs to logPath. The
+// caller closes the log file (after stopping the server).
+func (c *chaos) serve(ctx context.Context, db, logPath string) (*server, string, *os.File, error) {
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	key, err := createKey(ctx, c.cfg, db)
+	if err == nil {
+		var srv *server
+		if srv, err = startServer(ctx, c.cfg, db, logFile); err == nil {
+			return srv, key, logFile, nil
+		}
+	}
+	logFile.Close()
+	return nil, "", nil, err
+}
+
 // killPhase kills the server --count times under load and checks the database
 // after every restart. It returns an error only when the phase cannot go on (the
 // server does not start); failed checks are in c.failures.
@@ -144,19 +162,11 @@ func (c *chaos) killPhase(ctx context.Context) (*killReport, error) {
 	if err := os.MkdirAll(filepath.Dir(db), 0o700); err != nil {
 		return nil, err
 	}
-	logFile, err := os.Create(filepath.Join(c.cfg.work, "kill", "server.log"))
+	srv, key, logFile, err := c.serve(ctx, db, filepath.Join(c.cfg.work, "kill", "server.log"))
 	if err != nil {
 		return nil, err
 	}
 	defer logFile.Close()
-	key, err := createKey(ctx, c.cfg, db)
-	if err != nil {
-		return nil, err
-	}
-	srv, err := startServer(ctx, c.cfg, db, logFile)
-	if err != nil {
-		return nil, err
-	}
 	c.say("kill phase: %d kills, server at %s, database %s", c.cfg.count, srv.url, db)
 	rep := &killReport{}
 	led := newLedger()

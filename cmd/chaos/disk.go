@@ -63,19 +63,11 @@ func (c *chaos) diskPhase(ctx context.Context) (*diskReport, error) {
 		}
 	}()
 	db := filepath.Join(dir, "infergate.db")
-	logFile, err := os.Create(filepath.Join(c.cfg.work, "disk-server.log"))
+	srv, key, logFile, err := c.serve(ctx, db, filepath.Join(c.cfg.work, "disk-server.log"))
 	if err != nil {
 		return nil, err
 	}
 	defer logFile.Close()
-	key, err := createKey(ctx, c.cfg, db)
-	if err != nil {
-		return nil, err
-	}
-	srv, err := startServer(ctx, c.cfg, db, logFile)
-	if err != nil {
-		return nil, err
-	}
 	defer func() {
 		if srv.alive() {
 			srv.kill()
