@@ -69,6 +69,10 @@ type Counts struct {
 // forgotten since).
 var ErrNoRecord = errors.New("session: no such stream in the shared store")
 
+// ErrEnded: the stream ended for good (closed, revoked, expired): it cannot be
+// resumed.
+var ErrEnded = errors.New("session: stream ended")
+
 // ErrOwned: another replica holds the stream and is alive; the request goes to it.
 var ErrOwned = errors.New("session: stream held by another replica")
 
@@ -90,8 +94,9 @@ type Shared interface {
 	Release(id string, resumable bool)
 	// Lookup returns the record of id (ErrNoRecord when there is none).
 	Lookup(ctx context.Context, id string) (Record, error)
-	// Adopt makes this replica the holder of stream id if no live replica holds
-	// it (ErrOwned if one does, ErrNoRecord if there is no such stream), takes its
+	// Adopt makes this replica the holder of stream id if no live replica other
+	// than this one holds it (ErrOwned, with the record, if one does; ErrNoRecord
+	// if there is no such stream; ErrEnded if it ended for good), takes its
 	// place (a lease this replica renews, freed by Places.Free whatever the
 	// user's max_connections), and returns its record and the events of its
 	// ring, oldest first.
