@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -20,6 +22,9 @@ type Store interface {
 	StartSession(ctx context.Context, s *storage.Session) error
 	EndSession(ctx context.Context, id string, end storage.SessionEnd) error
 	Invalid(ctx context.Context, keyIDs []int64) ([]int64, error)
+	// For a stream taken over from another replica (Registry.Adopt).
+	ReopenSession(ctx context.Context, id string) error
+	PrincipalByKey(ctx context.Context, keyID int64) (*storage.Principal, error)
 }
 
 // Hooks observe streams for metrics. Any field may be nil.
@@ -54,6 +59,23 @@ type RegistryConfig struct {
 	// cause (the transport's table; nil records none).
 	CloseCode func(transport string, cause error) int
 	Hooks     Hooks
+
+	// Places counts the users' streams against max_connections; nil keeps them
+	// in this process.
+	Places Places
+	// Shared, when set, records every stream and mirrors its answers, so that
+	// another replica can forward to it or take it over (Locate, Adopt).
+	Shared Shared
+	// Encode encodes an event as the transport sends it, for Shared's ring
+	// (the SSE event name and the message).
+	Encode func(Event) (name string, data []byte)
+	// Revoked, when set, signals that a key was revoked or a user disabled
+	// somewhere: the registry checks its streams at once instead of at its next
+	// poll.
+	Revoked <-chan struct{}
+	// Self is this replica's base URL, as Shared records it: a record held by
+	// Self is not another replica's.
+	Self string
 }
 
 // Registry holds the open streams, whatever their transport. Safe for concurrent
@@ -67,6 +89,11 @@ type Registry struct {
 	codeOf    StatusCoder
 	closeCode func(string, error) int
 	hooks     Hooks
+	places    Places
+	shared    Shared
+	encode    func(Event) (string, []byte)
+	revoked   <-chan struct{}
+	self      string
 
 	stopPoll chan struct{}
 	polling  sync.WaitGroup // the revocation and expiry loop
@@ -76,7 +103,6 @@ type Registry struct {
 
 	mu       sync.Mutex // guards the fields below
 	streams  map[string]*Stream
-	byUser   map[int64]int // streams by user, counted from admission
 	shutting bool
 	gone     map[string]goneStream // streams ended lately, for resume_error
 }
@@ -104,10 +130,20 @@ func NewRegistry(cfg RegistryConfig) *Registry {
 		codeOf:    cfg.CodeOf,
 		closeCode: cfg.CloseCode,
 		hooks:     cfg.Hooks,
+		places:    cfg.Places,
+		shared:    cfg.Shared,
+		encode:    cfg.Encode,
+		revoked:   cfg.Revoked,
+		self:      cfg.Self,
 		stopPoll:  make(chan struct{}),
 		streams:   make(map[string]*Stream),
-		byUser:    make(map[int64]int),
 		gone:      make(map[string]goneStream),
+	}
+	if r.places == nil {
+		r.places = &localPlaces{byUser: make(map[int64]int)}
+	}
+	if r.shared != nil && r.encode == nil {
+		panic("session: a Registry with Shared needs Encode")
 	}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -144,19 +180,28 @@ type OpenParams struct {
 
 // CanOpen reports whether the user may open one more stream (for a refusal before a
 // WebSocket upgrade); Open checks again.
-func (r *Registry) CanOpen(p *storage.Principal) error {
+func (r *Registry) CanOpen(ctx context.Context, p *storage.Principal) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.admit(p)
+	err := r.admit()
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	n, err := r.places.Held(ctx, p.User.ID)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if n >= p.User.MaxConnections {
+		return ErrTooManyStreams
+	}
+	return nil
 }
 
-// admit checks the caps for one more stream of p; r.mu must be held.
-func (r *Registry) admit(p *storage.Principal) error {
+// admit checks this replica's caps for one more stream; r.mu must be held.
+func (r *Registry) admit() error {
 	switch {
 	case r.shutting:
 		return ErrShuttingDown
-	case r.byUser[p.User.ID] >= p.User.MaxConnections:
-		return ErrTooManyStreams
 	case len(r.streams) >= r.limits.MaxStreams:
 		return ErrServerFull
 	}
@@ -196,22 +241,32 @@ func (r *Registry) Open(ctx context.Context, op OpenParams) (*Stream, error) {
 	if op.Kick != nil {
 		s.owner, s.kick = 1, op.Kick
 	}
-	r.mu.Lock()
-	if err := r.admit(op.Principal); err != nil {
-		r.mu.Unlock()
+	if err := r.add(s); err != nil {
 		cancel(err)
 		return nil, err
 	}
-	r.streams[id] = s
-	r.byUser[op.Principal.User.ID]++
-	r.live.Add(1)
-	r.mu.Unlock()
-
-	err = r.store.StartSession(ctx, &storage.Session{
-		ID: id, UserID: op.Principal.User.ID, APIKeyID: op.Principal.Key.ID,
-		Transport: op.Transport, RemoteAddr: op.RemoteAddr, UserAgent: truncate(op.UserAgent, 256),
-		StartedAt: now,
-	})
+	err = r.places.Take(ctx, op.Principal.User.ID, id, op.Principal.User.MaxConnections)
+	if err != nil && !errors.Is(err, ErrTooManyStreams) {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	s.placed = err == nil
+	if err == nil && r.shared != nil {
+		err = r.shared.Register(ctx, Record{
+			ID: id, User: op.Principal.User.ID, Key: op.Principal.Key.ID, Transport: op.Transport,
+			Secret: op.Secret, Settings: settings, MaxFPS: maxFPS, Started: now,
+		})
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		s.shared = err == nil
+	}
+	if err == nil {
+		err = r.store.StartSession(ctx, &storage.Session{
+			ID: id, UserID: op.Principal.User.ID, APIKeyID: op.Principal.Key.ID,
+			Transport: op.Transport, RemoteAddr: op.RemoteAddr, UserAgent: truncate(op.UserAgent, 256),
+			StartedAt: now,
+		})
+	}
 	if err != nil {
 		s.openErr = err
 		close(s.opened)
@@ -224,6 +279,26 @@ func (r *Registry) Open(ctx context.Context, op OpenParams) (*Stream, error) {
 	close(s.opened)
 	return s, nil
 }
+
+// add admits s into the registry, under this replica's caps. From then on
+// Shutdown terminates it, and finish must run for it.
+func (r *Registry) add(s *Stream) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.admit(); err != nil {
+		return err
+	}
+	if r.streams[s.ID] != nil {
+		return errHere
+	}
+	r.streams[s.ID] = s
+	r.live.Add(1)
+	return nil
+}
+
+// errHere: a stream with that id is open here already (two takeovers of one
+// stream at once on this replica; the other won).
+var errHere = errors.New("session: stream open here")
 
 // ResumeError says why a stream could not be resumed.
 type ResumeError string
@@ -275,6 +350,13 @@ func (r *Registry) finish(s *Stream) {
 		// row exists, or once Open failed to write one.
 		<-s.opened
 		r.remove(s)
+		if s.shared {
+			// A stream shut down with its replica may be resumed on another.
+			r.shared.Release(s.ID, errors.Is(context.Cause(s.ctx), ErrShuttingDown))
+		}
+		if s.placed {
+			r.places.Free(s.Principal.User.ID, s.ID)
+		}
 		if s.openErr != nil {
 			return
 		}
@@ -311,9 +393,6 @@ func (r *Registry) remove(s *Stream) {
 		return
 	}
 	delete(r.streams, s.ID)
-	if r.byUser[s.Principal.User.ID]--; r.byUser[s.Principal.User.ID] <= 0 {
-		delete(r.byUser, s.Principal.User.ID)
-	}
 	if s.openErr != nil {
 		return
 	}
@@ -392,9 +471,12 @@ func (r *Registry) poll() {
 		select {
 		case <-r.stopPoll:
 			return
+		case <-r.revoked: // nil without Shared: never ready
+			r.checkRevoked()
 		case <-t.C:
 			r.checkRevoked()
 			r.expireIdle()
+			r.endOrphans()
 		}
 	}
 }

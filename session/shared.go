@@ -60,9 +60,10 @@ type Mirrored struct {
 	Data []byte // the message, as the transport encodes it
 }
 
-// Counts are a stream's counters after an event.
+// Counts are a stream's counters, and its settings, after an event.
 type Counts struct {
 	Seq, Received, Rejected, Skipped int64
+	Settings                         Settings
 }
 
 // ErrNoRecord: the shared store holds no stream with that id (never was, or

@@ -31,6 +31,9 @@ var (
 	ErrReplaced = errors.New("session: stream taken over by another connection")
 	// ErrSettings wraps a settings update that is out of range; it changes nothing.
 	ErrSettings = errors.New("session: invalid settings")
+	// ErrUnavailable wraps a failure of the shared store (Places, Shared): no
+	// stream can be opened or taken over until it answers.
+	ErrUnavailable = errors.New("session: shared store unavailable")
 )
 
 // LimitedError answers a frame over the stream's limit; it is not inferred.
@@ -108,6 +111,10 @@ type Event struct {
 	Latency   time.Duration
 	Inference time.Duration
 	Log       time.Duration // the commit of the frame's log row, after Latency
+	// Raw, when set, is the event as another replica encoded it: an answer of a
+	// stream this replica took over, sent again from the shared ring. The
+	// transport sends Raw.Data as it is.
+	Raw *Mirrored
 }
 
 // EventKind says what an Event is.
@@ -173,6 +180,9 @@ type Stream struct {
 	received int64
 	rejected int64
 	skipped  int64
+	answered int64 // the seq of the last frame answered (in the ring)
+	placed   bool  // holds a place (Places.Take)
+	shared   bool  // recorded in the shared store (Shared.Register or Adopt)
 	// Consumers: the generation of the attached owner (a WebSocket), its kick, and
 	// the listeners (SSE event streams).
 	owner     uint64
@@ -422,9 +432,11 @@ func (s *Stream) advance() {
 	for n < len(s.order) && s.order[n].done {
 		ev := s.order[n].ev
 		if ev.Kind.IsFrame() {
+			s.answered = ev.Seq
 			s.reg.hooks.answered(s.Transport, ev)
 		}
 		s.ring.Send(ev)
+		s.mirror(ev)
 		s.order[n] = nil
 		n++
 	}
@@ -442,6 +454,24 @@ func (s *Stream) advance() {
 		close(s.ended)
 		s.reg.finish(s)
 	}
+}
+
+// mirror copies ev, just sent to the ring, to the shared store's ring, with the
+// stream's counts and settings after it; s.mu is held. Pongs are not kept: a
+// resumed connection gets none of an earlier connection's.
+func (s *Stream) mirror(ev Event) {
+	if !s.shared || ev.Kind == KindPong {
+		return
+	}
+	m := Mirrored{Seq: ev.Seq, Kind: ev.Kind}
+	if ev.Raw != nil {
+		m = *ev.Raw
+	} else {
+		m.Name, m.Data = s.reg.encode(ev)
+	}
+	s.reg.shared.Append(s.ID, m, Counts{
+		Seq: s.answered, Received: s.received, Rejected: s.rejected, Skipped: s.skipped, Settings: s.settings,
+	})
 }
 
 // Ping queues a pong in the answer order, for owner (0 = any; see Frame.Owner).

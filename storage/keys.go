@@ -178,6 +178,30 @@ func (db *DB) Authenticate(ctx context.Context, key string) (*Principal, error) 
 	return &p, nil
 }
 
+// PrincipalByKey returns the key with id and its user, as Authenticate does for a
+// key's secret: ErrUnauthorized when the key is unknown or revoked or its user is
+// disabled. A replica that takes over another's stream uses it to act as the
+// stream's key.
+func (db *DB) PrincipalByKey(ctx context.Context, id int64) (*Principal, error) {
+	var p Principal
+	if err := db.Bun.NewSelect().Model(&p.Key).Where("id = ?", id).Scan(ctx); err != nil {
+		if errors.Is(noRows(err), ErrNotFound) {
+			return nil, ErrUnauthorized
+		}
+		return nil, fmt.Errorf("storage: principal by key: %w", err)
+	}
+	if err := db.Bun.NewSelect().Model(&p.User).Where("id = ?", p.Key.UserID).Scan(ctx); err != nil {
+		if errors.Is(noRows(err), ErrNotFound) {
+			return nil, ErrUnauthorized
+		}
+		return nil, fmt.Errorf("storage: principal by key: %w", err)
+	}
+	if p.Key.RevokedAt != nil || p.User.DisabledAt != nil {
+		return nil, ErrUnauthorized
+	}
+	return &p, nil
+}
+
 // lastUsed holds the latest use of each key since the last flush, so that a
 // request costs a map update rather than a write, and last_used_at is stored
 // for all keys at once, at most once per flush. It holds at most max keys.

@@ -153,3 +153,21 @@ func cleanText(s string) string {
 	}
 	return s
 }
+
+// ReopenSession marks session id open again: a replica took over the stream of a
+// replica that shut down or died (see session.Shared), and will record its end,
+// with counts that include the frames before the takeover. Errors: ErrNotFound.
+func (db *DB) ReopenSession(ctx context.Context, id string) error {
+	res, err := db.w.NewUpdate().Model((*Session)(nil)).
+		Set("ended_at = NULL").
+		Set("close_code = NULL").
+		Where("id = ?", id).
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("storage: reopen session: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}

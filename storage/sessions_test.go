@@ -156,3 +156,55 @@ func TestEndAbandonedSessions(t *testing.T) {
 		t.Errorf("second run = %d, %v; want 0", n, err)
 	}
 }
+
+func TestReopenSession(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openTest(t)
+	t0 := time.Date(2025, 2, 1, 8, 0, 0, 0, time.UTC)
+	_, k, u := newKey(t, db, "a@example.com")
+	s := &Session{UserID: u.ID, APIKeyID: k.ID, Transport: TransportWS, StartedAt: t0}
+	if err := db.StartSession(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.EndSession(ctx, s.ID, SessionEnd{EndedAt: t0.Add(time.Minute), Received: 5, CloseCode: 1001}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.ReopenSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.SessionByID(ctx, s.ID)
+	if err != nil || got.EndedAt != nil || got.CloseCode != nil || got.FramesReceived != 5 {
+		t.Fatalf("reopened session %+v, %v; want open, no close code, its counts kept", got, err)
+	}
+	// Its end is recorded again, once.
+	if err := db.EndSession(ctx, s.ID, SessionEnd{EndedAt: t0.Add(2 * time.Minute), Received: 9, CloseCode: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := db.SessionByID(ctx, s.ID); err != nil || got.FramesReceived != 9 || got.CloseCode == nil || *got.CloseCode != 1000 {
+		t.Errorf("session ended after reopening: %+v, %v", got, err)
+	}
+	if err := db.ReopenSession(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("reopen unknown session: %v, want ErrNotFound", err)
+	}
+}
+
+func TestPrincipalByKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openTest(t)
+	_, k, u := newKey(t, db, "a@example.com")
+	p, err := db.PrincipalByKey(ctx, k.ID)
+	if err != nil || p.Key.ID != k.ID || p.User.ID != u.ID || p.User.MaxConnections != u.MaxConnections {
+		t.Fatalf("PrincipalByKey = %+v, %v", p, err)
+	}
+	if _, err := db.PrincipalByKey(ctx, k.ID+100); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("unknown key: %v, want ErrUnauthorized", err)
+	}
+	if _, err := db.RevokeKey(ctx, k.Prefix); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.PrincipalByKey(ctx, k.ID); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("revoked key: %v, want ErrUnauthorized", err)
+	}
+}

@@ -23,6 +23,11 @@ type metrics struct {
 	authFails *prometheus.CounterVec
 	// clientTokens counts client tokens by outcome.
 	clientTokens *prometheus.CounterVec
+	// forwarded counts requests sent on to the replica holding their stream;
+	// sharedErrors the times the shared store failed a request (its limit
+	// was then not applied).
+	forwarded    prometheus.Counter
+	sharedErrors prometheus.Counter
 }
 
 // Latency buckets from 1 ms to ~4 s: inference of a small model is a few ms, and the
@@ -66,6 +71,13 @@ func newMetrics(queueLen func() float64, writer func() storage.WriterStats) *met
 			Name: "infergate_client_tokens_total", Help: "Client tokens by outcome: minted, redeemed (opened a stream), refused (unknown, used, expired or revoked key; also counted in infergate_auth_failures_total), wrong_route (presented where only API keys go).",
 		}, []string{"outcome"}),
 	}
+	m.forwarded = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "infergate_forwarded_requests_total", Help: "Requests for a stream held by another replica, sent on to it.",
+	})
+	m.sharedErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "infergate_shared_store_errors_total", Help: "Requests for which the shared store (Redis) failed; the POST limit was not applied to them.",
+	})
+	m.reg.MustRegister(m.forwarded, m.sharedErrors)
 	m.reg.MustRegister(m.clientTokens, m.requests, m.latency, m.inFlight, m.inference, m.rejected, m.frames, m.frameTime, m.streams, m.lingers, m.authFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

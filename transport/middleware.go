@@ -183,7 +183,15 @@ func (s *Server) authenticate(ctx context.Context, addr netip.Prefix, key string
 func (s *Server) limitRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := principal(r.Context())
-		d := s.requestLimiter.Allow(p.Key.ID, p.User.RequestsPerMinute)
+		d, err := s.requestLimiter.Allow(r.Context(), p.Key.ID, p.User.RequestsPerMinute)
+		if err != nil {
+			// The shared store did not answer: the request is served without
+			// its limit rather than refused (an outage of Redis does not take
+			// the API down); the metric and the log say so.
+			s.sharedFailed("POST limit", err)
+			next.ServeHTTP(w, r)
+			return
+		}
 		setRateLimitHeaders(w, d)
 		if !d.Allowed {
 			s.metrics.rejected.WithLabelValues("post").Inc()
@@ -200,9 +208,19 @@ func (s *Server) limitRequests(next http.Handler) http.Handler {
 func (s *Server) peekLimit(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := principal(r.Context())
-		setRateLimitHeaders(w, s.requestLimiter.Peek(p.Key.ID, p.User.RequestsPerMinute))
+		if d, err := s.requestLimiter.Peek(r.Context(), p.Key.ID, p.User.RequestsPerMinute); err == nil {
+			setRateLimitHeaders(w, d)
+		} else {
+			s.sharedFailed("POST limit", err)
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// sharedFailed counts and logs a failure of the shared store.
+func (s *Server) sharedFailed(what string, err error) {
+	s.metrics.sharedErrors.Inc()
+	s.log.Warn("shared store failed", "what", what, "err", err)
 }
 
 func setRateLimitHeaders(w http.ResponseWriter, d ratelimit.Decision) {

@@ -148,6 +148,17 @@ type Config struct {
 	// names the client, for counting failed authentications per client address;
 	// nil trusts no proxy and counts per TCP peer.
 	TrustedProxies []netip.Prefix
+
+	// Several replicas share these (see SPEC "Several replicas"); left nil, this
+	// process keeps them itself. Limiter is the per-key POST window (of one
+	// minute), Places the users' stream places, Shared the streams' records and
+	// rings, Revoked a signal of revocations anywhere, and Self this replica's
+	// base URL, at which the others reach it.
+	Limiter ratelimit.Limiter
+	Places  session.Places
+	Shared  session.Shared
+	Revoked <-chan struct{}
+	Self    string
 }
 
 // Server is infergate's HTTP API: the chi router and its handlers for POST, WebSocket
@@ -172,7 +183,9 @@ type Server struct {
 	authFailures   *ratelimit.Keyed[netip.Prefix] // refused credentials per client address
 	bodies         chan struct{}                  // a token per POST body being read or held
 	lingers        chan struct{}                  // a token per connection draining a refused body
-	requestLimiter *ratelimit.Keyed[int64]
+	requestLimiter ratelimit.Limiter
+	shared         session.Shared
+	self           string
 	router         chi.Router
 }
 
@@ -205,7 +218,11 @@ func New(cfg Config) *Server {
 		func() float64 { return float64(s.cls.QueueLen()) },
 		s.writer.Stats,
 	)
-	s.requestLimiter = ratelimit.NewKeyed[int64](time.Minute, s.now)
+	s.requestLimiter = cfg.Limiter
+	if s.requestLimiter == nil {
+		s.requestLimiter = ratelimit.NewLocal(time.Minute, s.now)
+	}
+	s.shared, s.self = cfg.Shared, cfg.Self
 	s.trusted = cfg.TrustedProxies
 	s.authFailures = ratelimit.NewKeyed[netip.Prefix](s.limits.AuthFailureWindow, s.now)
 	s.authFailures.SetMaxKeys(s.limits.AuthFailureAddresses)
@@ -226,6 +243,11 @@ func New(cfg Config) *Server {
 		CodeOf:    logStatus,
 		CloseCode: recordedClose,
 		Hooks:     s.streamHooks(),
+		Places:    cfg.Places,
+		Shared:    cfg.Shared,
+		Encode:    s.encodeEvent,
+		Revoked:   cfg.Revoked,
+		Self:      cfg.Self,
 	})
 	s.router = s.routes()
 	return s
@@ -289,10 +311,10 @@ func (s *Server) routes() chi.Router {
 	r.With(s.requireKeyOrClientToken, s.peekLimit).Post("/v1/sessions", s.handleCreateSession)
 	// The stream routes authenticate themselves: the WebSocket may authenticate with
 	// its first message, and the SSE routes take the session token too.
-	r.Get("/v1/stream", s.handleStream)
-	r.Get("/v1/sessions/{id}/events", s.handleEvents)
-	r.Post("/v1/sessions/{id}/frames", s.handleFrames)
-	r.Delete("/v1/sessions/{id}", s.handleDeleteSession)
+	r.With(s.toHolder(resumeParam)).Get("/v1/stream", s.handleStream)
+	r.With(s.toHolder(sessionParam)).Get("/v1/sessions/{id}/events", s.handleEvents)
+	r.With(s.toHolder(sessionParam)).Post("/v1/sessions/{id}/frames", s.handleFrames)
+	r.With(s.toHolder(sessionParam)).Delete("/v1/sessions/{id}", s.handleDeleteSession)
 	return r
 }
 

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"mime"
@@ -133,6 +134,9 @@ func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*session.Strea
 		if err := s.authThrottled(addr); err != nil {
 			return nil, err
 		}
+		if ss == nil {
+			ss = s.adoptSSE(r.Context(), id, func(rec *session.Record) bool { return secretMatches(rec.Secret, token) })
+		}
 		if ss == nil || !tokenMatches(ss, token) {
 			s.authFailed(addr)
 			return nil, errorf(CodeUnauthorized, "unknown session or wrong session token")
@@ -143,12 +147,41 @@ func (s *Server) sseSessionFor(r *http.Request, allowQuery bool) (*session.Strea
 		if err != nil {
 			return nil, err
 		}
+		if ss == nil {
+			ss = s.adoptSSE(r.Context(), id, func(rec *session.Record) bool { return rec.User == p.User.ID })
+		}
 		if ss == nil || ss.Principal.User.ID != p.User.ID {
 			return nil, errorf(CodeNotFound, "no session %s", truncateString(id, 64))
 		}
 		return ss, nil
 	}
 	return nil, errorf(CodeUnauthorized, "send the session token (X-Session-Token) or Authorization: Bearer <key>")
+}
+
+// adoptSSE takes over SSE session id from the shared store when no live replica
+// holds it and the caller may use it (may checks the record), or returns nil.
+func (s *Server) adoptSSE(ctx context.Context, id string, may func(*session.Record) bool) *session.Stream {
+	if s.shared == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, rec, err := s.registry.Locate(ctx, id)
+	switch {
+	case st != nil:
+		return st // opened here meanwhile: the caller checks it
+	case err != nil || rec == nil || rec.Owner != "" || rec.Transport != storage.TransportSSE || !may(rec):
+		return nil
+	}
+	st, _, err = s.registry.Adopt(ctx, id, -1)
+	if err != nil {
+		var re session.ResumeError
+		if !errors.As(err, &re) {
+			s.log.Warn("take over SSE session", "session_id", id, "err", err)
+		}
+		return nil
+	}
+	return st
 }
 
 // handleEvents serves GET /v1/sessions/{id}/events: the session's answers as
@@ -198,8 +231,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, ev := range evs {
-			msg, name := s.eventMessage(ev)
-			b, _ := json.Marshal(msg)
+			name, b := s.encodeEvent(ev)
 			id := ""
 			if ev.Kind.IsFrame() {
 				id = strconv.FormatInt(ev.Seq, 10)

@@ -209,6 +209,17 @@ func (s *Server) eventMessage(ev session.Event) (msg any, name string) {
 	return m, "error"
 }
 
+// encodeEvent returns an event's message as JSON and its SSE event name. An answer
+// of a stream taken over from another replica goes out as that replica encoded it.
+func (s *Server) encodeEvent(ev session.Event) (name string, data []byte) {
+	if ev.Raw != nil {
+		return ev.Raw.Name, ev.Raw.Data
+	}
+	msg, name := s.eventMessage(ev)
+	data, _ = json.Marshal(msg)
+	return name, data
+}
+
 // streamError maps a frame's error to its client error.
 func streamError(err error) *Error {
 	var lim *session.LimitedError
@@ -231,8 +242,16 @@ func newStreamToken(prefix string) (string, [32]byte, error) {
 
 // tokenMatches reports whether token is the secret of st.
 func tokenMatches(st *session.Stream, token string) bool {
+	return secretMatches(st.Secret, token)
+}
+
+// secretMatches reports whether token is the one whose hash is secret.
+func secretMatches(secret [32]byte, token string) bool {
+	if token == "" {
+		return false
+	}
 	h := sha256.Sum256([]byte(token))
-	return subtle.ConstantTimeCompare(h[:], st.Secret[:]) == 1
+	return subtle.ConstantTimeCompare(h[:], secret[:]) == 1
 }
 
 // conns tracks the goroutines serving WebSocket connections, which http.Server's

@@ -84,7 +84,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		}
 		// A resume needs no new place; if it fails, the fresh stream is checked
 		// after the upgrade.
-		if err := s.registry.CanOpen(auth.p); err != nil && rq == nil {
+		if err := s.registry.CanOpen(r.Context(), auth.p); err != nil && rq == nil {
 			s.writeError(w, r, s.openError(auth.p, err))
 			return
 		}
@@ -156,6 +156,9 @@ func (s *Server) openError(p *storage.Principal, err error) error {
 		return errorf(CodeUnavailable, "the server is shutting down")
 	case errors.Is(err, session.ErrServerFull):
 		return &Error{Code: CodeOverloaded, Message: "the server has too many open streams; try again shortly", RetryAfter: overloadedRetry}
+	case errors.Is(err, session.ErrUnavailable):
+		s.log.Error("open stream: shared store", "err", err)
+		return &Error{Code: CodeUnavailable, Message: "the servers' shared state is unavailable; try again shortly", RetryAfter: time.Second}
 	}
 	return err
 }
@@ -170,6 +173,9 @@ type streamAuth struct {
 	// resumeToken is the resume token given in place of a key (X-Session-Token, or
 	// "token" in the auth message's resume object).
 	resumeToken string
+	// message is the auth message, as read (none for header auth): a resume of a
+	// stream another replica holds sends it on there.
+	message []byte
 }
 
 // resumeRequest asks to resume a stream that dropped: the "resume" object of an auth
@@ -254,7 +260,15 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamA
 	ready := readyMessage{}
 	var cursor, replayed session.Cursor
 	if auth.resume != nil {
-		st, cur, err := s.resume(auth, addr)
+		st, cur, err := s.resume(r.Context(), auth, addr)
+		if owner, ok := isOwned(err); ok && r.Header.Get(hopHeader) == "" {
+			handed = true // relay owns the connection and its conns place now
+			go func() {
+				defer s.conns.done()
+				s.relay(conn, r, auth, owner)
+			}()
+			return
+		}
 		if err == nil {
 			c.st, cursor = st, cur
 			replayed = st.Replay().Head()
@@ -326,33 +340,72 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamA
 	}()
 }
 
-// resume finds the stream that auth asks to resume, checking the resume token when
-// it stands in for a key.
-func (s *Server) resume(auth streamAuth, addr netip.Prefix) (*session.Stream, session.Cursor, error) {
+// resume finds the stream that auth asks to resume: open here, or, with a shared
+// store, one that no live replica holds, which this replica takes over. It checks
+// that the caller may: the stream's user, or its resume token when that stands in
+// for a key. A stream another live replica holds gives an *session.OwnedError.
+func (s *Server) resume(ctx context.Context, auth streamAuth, addr netip.Prefix) (*session.Stream, session.Cursor, error) {
 	rq := auth.resume
 	var last int64
 	if rq.LastSeq != nil {
 		last = *rq.LastSeq
 	}
-	if auth.p != nil {
-		return s.registry.Resume(rq.SessionID, auth.p.User.ID, last)
+	if auth.p == nil {
+		if err := s.authThrottled(addr); err != nil {
+			return nil, 0, err
+		}
 	}
-	if err := s.authThrottled(addr); err != nil {
-		return nil, 0, err
-	}
-	st, ok := s.registry.Get(rq.SessionID)
-	if !ok || st.Transport != storage.TransportWS || !tokenMatches(st, auth.resumeToken) {
-		// Unknown, ended, or a wrong token: the same answer, so ids cannot be probed.
+	// refuse answers a stream the caller may not resume: as not found, so that
+	// ids cannot be probed; by resume token, with 4401.
+	refuse := func(why session.ResumeError) (*session.Stream, session.Cursor, error) {
+		if auth.p != nil {
+			return nil, 0, why
+		}
 		s.authFailed(addr)
-		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s", string(session.ResumeNotFound))
+		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s", string(why))
 	}
-	st, c, err := s.registry.Resume(rq.SessionID, 0, last)
-	if err != nil {
-		var re session.ResumeError
-		errors.As(err, &re)
-		return nil, 0, errorf(CodeUnauthorized, "resume failed: %s", string(re))
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, rec, err := s.registry.Locate(ctx, rq.SessionID)
+	var re session.ResumeError
+	switch {
+	case st != nil:
+		if st.Transport != storage.TransportWS || !s.mayResume(auth, st.Principal.User.ID, st.Secret) {
+			return refuse(session.ResumeNotFound)
+		}
+		st, c, err := s.registry.Resume(rq.SessionID, st.Principal.User.ID, last)
+		if errors.As(err, &re) {
+			return refuse(re)
+		}
+		return st, c, err
+	case rec != nil && (rec.Transport != storage.TransportWS || !s.mayResume(auth, rec.User, rec.Secret)):
+		return refuse(session.ResumeNotFound)
+	case errors.As(err, &re):
+		if auth.p == nil && re == session.ResumeExpired && rec == nil {
+			// Ended here: its token is no longer known; the same answer as for
+			// a wrong one.
+			re = session.ResumeNotFound
+		}
+		return refuse(re)
+	case err != nil:
+		return nil, 0, err
+	case rec.Owner != "":
+		return nil, 0, &session.OwnedError{Owner: rec.Owner}
 	}
-	return st, c, nil
+	st, c, err := s.registry.Adopt(ctx, rq.SessionID, last)
+	if errors.As(err, &re) {
+		return refuse(re)
+	}
+	return st, c, err
+}
+
+// mayResume reports whether auth proves the right to a stream of user with secret:
+// a key of that user, or the stream's resume token.
+func (s *Server) mayResume(auth streamAuth, user int64, secret [32]byte) bool {
+	if auth.p != nil {
+		return auth.p.User.ID == user
+	}
+	return secretMatches(secret, auth.resumeToken)
 }
 
 // read is the stream's loop: it reads messages and hands them to the stream until
@@ -464,8 +517,7 @@ func (c *wsConn) write() {
 			if c.cursor+session.Cursor(i) < c.replayed && !ev.Kind.IsFrame() {
 				continue
 			}
-			msg, _ := c.s.eventMessage(ev)
-			b, _ := json.Marshal(msg)
+			_, b := c.s.encodeEvent(ev)
 			ctx, cancel := context.WithTimeout(context.Background(), lim.WriteTimeout)
 			err := c.conn.Write(ctx, websocket.MessageText, b)
 			cancel()
@@ -687,7 +739,7 @@ func (s *Server) authMessage(conn *websocket.Conn, timeout time.Duration, addr n
 	if m.ID != nil || m.Image != nil || m.TopK != nil {
 		return streamAuth{}, errorf(CodeInvalidRequest, `an auth message has only "type", "api_key" or "token", "session" and "resume"`)
 	}
-	auth := streamAuth{resume: m.Resume}
+	auth := streamAuth{resume: m.Resume, message: data}
 	if rq := m.Resume; rq != nil {
 		if rq.SessionID == "" || rq.LastSeq == nil || *rq.LastSeq < 0 {
 			return streamAuth{}, errorf(CodeInvalidRequest, `"resume" needs "session_id" and "last_seq" (the seq of the last answer received, 0 for none)`)
