@@ -30,7 +30,7 @@ test: setup test-deps test-setup check-tidy lint test-go test-fuzz test-python t
 test-deps:
 	@scripts/install-test-deps.sh
 
-# PostgreSQL for the storage suite's second pass: the machine's, or a private one
+# PostgreSQL for the storage suite's second pass, and Redis: the machine's, or private ones
 # (scripts/with-services.sh).
 test-go:
 	bash scripts/with-services.sh $(GO) test -race -count=1 -timeout 15m ./...
