@@ -85,7 +85,7 @@ func (r *Registry) Locate(ctx context.Context, id string) (*Stream, *Record, err
 // there.
 type OwnedError struct{ Owner string }
 
-func (e *OwnedError) Error() string    { return "session: stream held by the replica at " + e.Owner }
+func (e *OwnedError) Error() string     { return "session: stream held by the replica at " + e.Owner }
 func (e *OwnedError) Is(err error) bool { return err == ErrOwned }
 
 // maxLost bounds how far a resuming client's last_seq may run ahead of the
@@ -218,4 +218,3 @@ func (r *Registry) endOrphans() {
 		r.log.Info("ended stream of a replica that died", "session_id", rec.ID, "received", rec.Received)
 	}
 }
-

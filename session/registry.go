@@ -461,20 +461,24 @@ func (r *Registry) Shutdown(ctx context.Context) error {
 	}
 }
 
-// poll closes the streams of revoked keys and disabled users, and expires streams
-// without a consumer, every RevocationPoll.
+// poll closes the streams of revoked keys and disabled users every RevocationPoll
+// (and at once when Revoked signals), and, every second at most, expires streams
+// without a consumer and records the end of the streams of replicas that died.
 func (r *Registry) poll() {
 	defer r.polling.Done()
-	t := time.NewTicker(r.limits.RevocationPoll)
-	defer t.Stop()
+	revocations := time.NewTicker(r.limits.RevocationPoll)
+	defer revocations.Stop()
+	housekeeping := time.NewTicker(min(r.limits.RevocationPoll, time.Second))
+	defer housekeeping.Stop()
 	for {
 		select {
 		case <-r.stopPoll:
 			return
 		case <-r.revoked: // nil without Shared: never ready
 			r.checkRevoked()
-		case <-t.C:
+		case <-revocations.C:
 			r.checkRevoked()
+		case <-housekeeping.C:
 			r.expireIdle()
 			r.endOrphans()
 		}
