@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# install-test-deps.sh installs what the non-Go tests need, when it is missing:
+# install-test-deps.sh installs what the tests need beyond Go, when it is missing:
 # Debian's python3-websockets (the Python client's one dependency), Debian's chromium
-# (the browser test), and the browser test's pinned npm packages. Idempotent; needs
+# (the browser test), the browser test's pinned npm packages, and Debian's nginx (the
+# test of docs/deploy/nginx.conf in front of two replicas, through scripts/nginx.sh). Idempotent; needs
 # root (or sudo) only when something must be installed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +24,8 @@ want=()
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || want+=(python3-websockets)
 [ -x /usr/bin/chromium ] || want+=(chromium)
 [ ${#want[@]} -eq 0 ] || apt_install "${want[@]}"
+
+"$root/scripts/nginx.sh" >/dev/null
 
 if [ -f "$root/web/test/package-lock.json" ] && [ ! -d "$root/web/test/node_modules/playwright-core" ]; then
 	say "installing the browser test's npm packages (npm ci)"

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/infergate/infergate/infer"
 	"github.com/infergate/infergate/infer/jpegturbo"
 	"github.com/infergate/infergate/infer/ort"
+	"github.com/infergate/infergate/internal/redisstore"
 	"github.com/infergate/infergate/session"
 	"github.com/infergate/infergate/storage"
 	"github.com/infergate/infergate/transport"
@@ -38,6 +40,8 @@ type Main struct {
 	serveErr   chan error
 	closeOnce  sync.Once
 	closeErr   error
+
+	Shared *redisstore.Store // with --redis: the live state shared with other replicas
 
 	stopRetention context.CancelFunc // ends the pruning of old logs
 	retentionDone chan struct{}      // closed when it has ended
@@ -103,7 +107,25 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.Classifier, err = m.loadModel(); err != nil {
 		return err
 	}
+	// The listener first: with --redis, this replica's address goes into the
+	// shared store (port 0 is known only once listening).
+	m.ln, err = net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	shared := transport.Config{}
+	if c.redis != "" {
+		if shared, err = m.openShared(ctx); err != nil {
+			m.ln.Close()
+			return err
+		}
+	}
 	m.Server = transport.New(transport.Config{
+		Limiter:        shared.Limiter,
+		Places:         shared.Places,
+		Shared:         shared.Shared,
+		Revoked:        shared.Revoked,
+		Self:           shared.Self,
 		Classifier:     m.Classifier,
 		DB:             m.DB,
 		Log:            m.Writer,
@@ -142,10 +164,6 @@ func (m *Main) Run(ctx context.Context) error {
 			},
 		},
 	})
-	m.ln, err = net.Listen("tcp", c.addr)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
 	m.HTTP = &http.Server{
 		Handler:           m.Server.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -159,6 +177,65 @@ func (m *Main) Run(ctx context.Context) error {
 	m.log.Info("serving", "addr", m.Addr(), "model", info.Name, "workers", c.workers, "db", m.DB.Path()) // Path: a URL without its password
 	fmt.Fprintf(m.stdout, "infergate %s listening on http://%s (model %s)\n", version, m.Addr(), info.Name)
 	return nil
+}
+
+// openShared connects to the Redis of --redis, which replicas share, and returns the
+// parts of a transport.Config it provides.
+func (m *Main) openShared(ctx context.Context) (transport.Config, error) {
+	c := m.cfg
+	if !storage.IsPostgres(c.db) {
+		return transport.Config{}, errors.New("--redis needs a postgres:// --db: the replicas that share a Redis share one database")
+	}
+	self, err := advertiseURL(c.advertise, m.ln.Addr())
+	if err != nil {
+		return transport.Config{}, err
+	}
+	m.Shared, err = redisstore.Open(ctx, c.redis, redisstore.Options{
+		Prefix: c.redisPrefix, Self: self, ResumeWindow: c.resumeWindow, RingSize: c.replay, Logger: m.log,
+	})
+	if err != nil {
+		return transport.Config{}, fmt.Errorf("--redis: %w", err)
+	}
+	m.log.Info("sharing live state", "redis", redactURL(c.redis), "self", self)
+	return transport.Config{
+		Limiter: m.Shared.Limiter(time.Minute),
+		Places:  m.Shared,
+		Shared:  m.Shared,
+		Revoked: m.Shared.Revoked(),
+		Self:    self,
+	}, nil
+}
+
+// advertiseURL is this replica's base URL for the others: --advertise-url, or
+// http:// and the listening address, with the host's name when it listens on all
+// addresses.
+func advertiseURL(flagValue string, addr net.Addr) (string, error) {
+	if flagValue != "" {
+		u, err := url.Parse(flagValue)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return "", fmt.Errorf("--advertise-url %q: want http://host:port", flagValue)
+		}
+		return strings.TrimSuffix(flagValue, "/"), nil
+	}
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "", err
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		if host, err = os.Hostname(); err != nil {
+			return "", fmt.Errorf("--advertise-url not given and no host name: %w", err)
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port), nil
+}
+
+// redactURL is u without its password, for logs.
+func redactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return p.Redacted()
 }
 
 func (m *Main) loadModel() (*infer.Classifier, error) {
@@ -314,6 +391,11 @@ func (m *Main) close() error {
 	if m.stopRetention != nil {
 		m.stopRetention() // a batch being deleted rolls back; the next start prunes again
 		<-m.retentionDone
+	}
+	if m.Shared != nil {
+		// After the streams: their ends (resumable, after a shutdown) and their
+		// places go to Redis before it closes.
+		step("close shared store", m.Shared.Close)
 	}
 	if m.Writer != nil {
 		step("flush log", func() error { return m.Writer.Close(ctx) })

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/infergate/infergate/internal/redisstore"
 	"github.com/infergate/infergate/storage"
 )
 
@@ -76,6 +77,8 @@ func keysCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		return tw.Flush()
 	case "revoke":
+		var redisURL, prefix string
+		redisFlags(fs, &redisURL, &prefix)
 		db, err := openDB(ctx, fs, args[1:], &dbPath)
 		if err != nil {
 			return err
@@ -89,9 +92,25 @@ func keysCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return fmt.Errorf("keys revoke %s: %w", fs.Arg(0), err)
 		}
 		fmt.Fprintf(stdout, "revoked %s\n", k.Prefix)
-		return nil
+		return announceRevocation(ctx, redisURL, prefix, stderr)
 	}
 	return fmt.Errorf("keys: unknown subcommand %q (want create, list or revoke)", args[0])
+}
+
+// announceRevocation tells the replicas sharing the Redis at url that a key was
+// revoked or a user disabled, so that they close its streams at once. Without
+// --redis, or when the message cannot be sent, each server still finds out at its
+// next database poll (--revocation-poll): the revocation itself is stored.
+func announceRevocation(ctx context.Context, url, prefix string, stderr io.Writer) error {
+	if url == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := redisstore.Publish(ctx, url, prefix); err != nil {
+		fmt.Fprintf(stderr, "warning: stored, but not announced to the replicas (they find it within --revocation-poll): %v\n", err)
+	}
+	return nil
 }
 
 func timeOrDash(t *time.Time) string {
@@ -108,7 +127,8 @@ func usersCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := flag.NewFlagSet("users disable", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	email := fs.String("email", "", "the user to disable")
-	var dbPath string
+	var dbPath, redisURL, prefix string
+	redisFlags(fs, &redisURL, &prefix)
 	db, err := openDB(ctx, fs, args[1:], &dbPath)
 	if err != nil {
 		return err
@@ -121,7 +141,7 @@ func usersCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return fmt.Errorf("users disable %s: %w", *email, err)
 	}
 	fmt.Fprintf(stdout, "disabled %s\n", *email)
-	return nil
+	return announceRevocation(ctx, redisURL, prefix, stderr)
 }
 
 func usageCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -51,11 +51,19 @@ type config struct {
 	authFailures, authFailureAddrs  int
 	authFailureWindow               time.Duration
 	trustedProxies                  string
+	redis, redisPrefix, advertise   string
 }
 
 // envName is the environment variable of a flag: INFERGATE_ + upper snake case.
 func envName(flagName string) string {
 	return "INFERGATE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// redisFlags adds --redis and --redis-prefix, which serve and the subcommands that
+// revoke take.
+func redisFlags(fs *flag.FlagSet, url, prefix *string) {
+	fs.StringVar(url, "redis", "", "redis://host:port/db of the Redis that several replicas share (needs a postgres:// --db); empty: one process keeps the live state itself")
+	fs.StringVar(prefix, "redis-prefix", "infergate:", "prefix of every Redis key and channel (one per deployment sharing a Redis)")
 }
 
 // dbFlag adds --db, which every subcommand takes.
@@ -116,6 +124,8 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.authFailureWindow, "auth-failure-window", time.Minute, "sliding window of --auth-failures")
 	fs.IntVar(&c.authFailureAddrs, "auth-failure-addresses", 16384, "client addresses whose failed authentications are kept; past it the one whose last failure is oldest is forgotten")
 	fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated addresses or CIDR networks of reverse proxies whose X-Forwarded-For names the client (for --auth-failures); empty: the TCP peer is the client")
+	redisFlags(fs, &c.redis, &c.redisPrefix)
+	fs.StringVar(&c.advertise, "advertise-url", "", "with --redis: this replica's base URL as the other replicas reach it, to send on requests for its streams (default http://<--addr>, with this host's name when --addr has no host)")
 	fs.DurationVar(&c.modelCheck, "model-check-interval", 5*time.Second, "/readyz and /v1/model/info run a test inference at most once per interval, and report its outcome meanwhile")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 0, "longest a graceful shutdown takes before connections are cut; 0 = the longer of --frame-timeout and --request-timeout, plus --write-timeout, plus 5s. Must be longer than both")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")

@@ -61,6 +61,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func startServer(t *testing.T, bin string, env ...string) *server {
 	t.Helper()
+	return startServerArgs(t, bin, nil, env...)
+}
+
+// startServerArgs is startServer with more flags, which win over the defaults here.
+func startServerArgs(t *testing.T, bin string, args []string, env ...string) *server {
+	t.Helper()
 	dir := t.TempDir()
 	db := filepath.Join(dir, "data", "infergate.db")
 	for _, kv := range env { // a database of the test's own
@@ -68,7 +74,7 @@ func startServer(t *testing.T, bin string, env ...string) *server {
 			db = v
 		}
 	}
-	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--revocation-poll", "200ms")
+	cmd := exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--revocation-poll", "200ms"}, args...)...)
 	cmd.Env = append(os.Environ(),
 		"INFERGATE_DB="+db,
 		"INFERGATE_MODEL="+testenv.Model(t),

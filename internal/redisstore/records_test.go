@@ -57,10 +57,12 @@ func event(n int64) session.Mirrored {
 	return m
 }
 
-// appendN appends events 1..n of stream id, with counts that follow them.
+// appendN appends events 1..n of stream id, with counts that follow them and
+// settings that change with them (as session.update does).
 func appendN(s *redisstore.Store, id string, n int64) {
 	for i := int64(1); i <= n; i++ {
-		s.Append(id, event(i), session.Counts{Seq: i, Received: i + 1, Rejected: i / 2, Skipped: i / 3})
+		s.Append(id, event(i), session.Counts{Seq: i, Received: i + 1, Rejected: i / 2, Skipped: i / 3,
+			Settings: session.Settings{Mode: session.Ordered, TopK: int(i), FPS: 7}})
 	}
 }
 
@@ -114,8 +116,9 @@ func TestRegisterAppendLookup(t *testing.T) {
 
 	appendN(a, "s1", 20)
 	got = waitSeq(t, b, "s1", 20)
-	if got.Received != 21 || got.Rejected != 10 || got.Skipped != 6 {
-		t.Fatalf("counts = %+v, want those after event 20", got)
+	if got.Received != 21 || got.Rejected != 10 || got.Skipped != 6 ||
+		got.Settings != (session.Settings{Mode: session.Ordered, TopK: 20, FPS: 7}) {
+		t.Fatalf("counts and settings = %+v, want those after event 20", got)
 	}
 	// The ring keeps the last RingSize events, in order.
 	a.Release("s1", true)

@@ -92,13 +92,15 @@ func (q *writeQueue) close() []op {
 // into the ring of the one that adopted it, nor recreate a forgotten record.
 //
 // KEYS[1] the record, KEYS[2] the ring.
-// ARGV Self, RingSize, keep ms, last_seq, received, rejected, skipped, events...
+// ARGV Self, RingSize, keep ms, last_seq, received, rejected, skipped, mode,
+// top_k, fps (the settings in force: a session.update changes them), events...
 var appendScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-redis.call('RPUSH', KEYS[2], unpack(ARGV, 8))
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 11))
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[1], 'last_seq', ARGV[4], 'received', ARGV[5], 'rejected', ARGV[6], 'skipped', ARGV[7])
+redis.call('HSET', KEYS[1], 'last_seq', ARGV[4], 'received', ARGV[5], 'rejected', ARGV[6], 'skipped', ARGV[7],
+  'mode', ARGV[8], 'top_k', ARGV[9], 'fps', ARGV[10])
 return 1
 `)
 
@@ -200,7 +202,8 @@ func (s *Store) flush(ctx context.Context, ops []op) {
 		c := pe.counts
 		for len(events) > 0 {
 			n := min(len(events), maxEventsPerCall)
-			args := append([]any{s.o.Self, s.o.RingSize, ms(s.keep()), c.Seq, c.Received, c.Rejected, c.Skipped}, events[:n]...)
+			args := append([]any{s.o.Self, s.o.RingSize, ms(s.keep()), c.Seq, c.Received, c.Rejected, c.Skipped,
+				string(c.Settings.Mode), c.Settings.TopK, c.Settings.FPS}, events[:n]...)
 			calls = append(calls, s.call(ctx, p, appendScript, []string{s.recordKey(id), s.ringKey(id)}, args, n+superseded))
 			events, superseded = events[n:], 0
 		}
