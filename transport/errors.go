@@ -127,6 +127,8 @@ func toError(err error) *Error {
 		return &Error{Code: CodeUnauthorized, Message: "unknown or revoked API key"}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{Code: CodeOverloaded, Message: "the request timed out waiting for the model", RetryAfter: overloadedRetry}
+	case errors.Is(err, session.ErrUnavailable):
+		return &Error{Code: CodeUnavailable, Message: "the servers' shared state is unavailable; try again shortly", RetryAfter: time.Second}
 	}
 	return &Error{Code: CodeInternal, Message: "internal error"}
 }

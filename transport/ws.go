@@ -158,7 +158,6 @@ func (s *Server) openError(p *storage.Principal, err error) error {
 		return &Error{Code: CodeOverloaded, Message: "the server has too many open streams; try again shortly", RetryAfter: overloadedRetry}
 	case errors.Is(err, session.ErrUnavailable):
 		s.log.Error("open stream: shared store", "err", err)
-		return &Error{Code: CodeUnavailable, Message: "the servers' shared state is unavailable; try again shortly", RetryAfter: time.Second}
 	}
 	return err
 }
