@@ -192,6 +192,22 @@ func (r *Registry) Adopt(ctx context.Context, id string, lastSeq int64) (*Stream
 	return s, cursor, nil
 }
 
+// HolderGone says that nothing listens any more at owner, the replica the shared
+// store names as the holder of stream id (a connection to it was refused): its
+// lease ends now, and the stream may be taken over (Adopt) at once. A replica
+// restarted at that address would have answered, so this never takes a stream
+// from a live replica whose --advertise-url is right.
+func (r *Registry) HolderGone(ctx context.Context, id, owner string) error {
+	if r.shared == nil {
+		return nil
+	}
+	r.log.Warn("the replica holding a stream refuses connections: taking the stream over", "session_id", id, "holder", owner)
+	if err := r.shared.Expire(ctx, id, owner); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
 // endOrphans records the end of the streams whose replica died (its leases ran
 // out with no release), as it would have: each is claimed by one replica. A
 // stream taken over later is reopened.

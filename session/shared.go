@@ -102,6 +102,10 @@ type Shared interface {
 	// user's max_connections), and returns its record and the events of its
 	// ring, oldest first.
 	Adopt(ctx context.Context, id string) (Record, []Mirrored, error)
+	// Expire ends the lease of stream id if the replica at owner still holds it,
+	// for a caller that found nothing listening at owner's address: the stream
+	// may then be adopted at once, not when the lease runs out.
+	Expire(ctx context.Context, id, owner string) error
 	// Orphans claims the streams whose holder died (its lease ran out without a
 	// release), each once across replicas, for the caller to record their end.
 	Orphans(ctx context.Context) ([]Record, error)

@@ -12,43 +12,60 @@ import (
 	"github.com/coder/websocket"
 )
 
-// relay serves a WebSocket whose auth message asked to resume a stream that another
-// live replica holds (at owner): the request was upgraded here before the message
-// said which stream, too late to forward it whole. relay opens a WebSocket to the
-// holder, sends it the same auth message, and copies messages both ways until
-// either side ends; a close is passed on with its code and reason, and a dropped
-// client is dropped upstream too, so the stream waits for a resume as it would.
-// It owns conn.
-func (s *Server) relay(conn *websocket.Conn, r *http.Request, auth streamAuth, owner string) {
-	defer conn.CloseNow()
+// dialHolder opens a WebSocket to the replica at owner, which holds the stream a
+// connection asked to resume, and sends it the connection's auth message (or its
+// auth headers): the connection was upgraded here before that message said which
+// stream (or before the stream was found held elsewhere), too late to forward the
+// request whole.
+func (s *Server) dialHolder(r *http.Request, auth streamAuth, owner string) (*websocket.Conn, error) {
 	lim := s.registry.Limits()
 	u := strings.Replace(strings.Replace(owner, "https://", "wss://", 1), "http://", "ws://", 1) + "/v1/stream"
 	h := http.Header{}
+	if auth.message == nil {
+		// Header auth: the request is sent on as it came (the holder was found
+		// only after the upgrade here).
+		for _, name := range []string{"Authorization", "X-Session-Token"} {
+			if v := r.Header.Get(name); v != "" {
+				h.Set(name, v)
+			}
+		}
+		u += "?" + r.URL.RawQuery
+	}
 	h.Set(hopHeader, s.self)
 	h.Set("X-Forwarded-For", s.clientAddr(r).Addr().String())
 	if o := r.Header.Get("Origin"); o != "" {
 		h.Set("Origin", o)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), lim.AuthTimeout)
+	defer cancel()
 	up, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: h, CompressionMode: websocket.CompressionDisabled})
-	cancel()
 	if resp != nil && resp.Body != nil {
 		resp.Body.Close()
 	}
 	if err != nil {
-		s.log.Warn("relay to the replica holding a stream", "owner", owner, "err", err)
-		closeWith(conn, errorf(CodeUnavailable, "the replica that holds this stream does not answer; retry shortly"))
-		return
+		return nil, err
 	}
-	defer up.CloseNow()
+	if auth.message != nil {
+		wctx, wcancel := context.WithTimeout(context.Background(), lim.WriteTimeout)
+		defer wcancel()
+		if err := up.Write(wctx, websocket.MessageText, auth.message); err != nil {
+			up.CloseNow()
+			return nil, err
+		}
+	}
 	s.metrics.forwarded.Inc()
-	ctx, cancel = context.WithTimeout(context.Background(), lim.WriteTimeout)
-	err = up.Write(ctx, websocket.MessageText, auth.message)
-	cancel()
-	if err != nil {
-		closeWith(conn, errorf(CodeUnavailable, "the replica that holds this stream does not answer; retry shortly"))
-		return
-	}
+	return up, nil
+}
+
+// relay copies messages between conn, a client's WebSocket, and up, the
+// connection to the replica that holds its stream (dialHolder), both ways until
+// either side ends; a close is passed on with its code and reason, and a dropped
+// client is dropped upstream too, so the stream waits for a resume as it would.
+// It owns both connections.
+func (s *Server) relay(conn, up *websocket.Conn) {
+	defer conn.CloseNow()
+	defer up.CloseNow()
+	lim := s.registry.Limits()
 	conn.SetReadLimit(lim.MaxMessageBytes)
 	up.SetReadLimit(lim.MaxMessageBytes)
 	done := make(chan struct{})

@@ -3,10 +3,12 @@ package transport
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -54,7 +56,18 @@ func (s *Server) toHolder(id func(*http.Request) string) func(http.Handler) http
 				next.ServeHTTP(w, r)
 				return
 			}
-			s.forward(w, r, rec.Owner)
+			s.forward(w, r, rec.Owner, func() {
+				// Nothing listens at the holder's address: it died. Its
+				// lease ends now, and this replica takes the stream over.
+				ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+				err := s.registry.HolderGone(ctx, sid, rec.Owner)
+				cancel()
+				if err != nil {
+					s.writeError(w, r, err)
+					return
+				}
+				next.ServeHTTP(w, r)
+			})
 		})
 	}
 }
@@ -63,8 +76,10 @@ func sessionParam(r *http.Request) string { return chi.URLParam(r, "id") }
 func resumeParam(r *http.Request) string  { return r.URL.Query().Get("resume") }
 
 // forward serves r by proxying it to the replica at base (a WebSocket upgrade
-// included: the proxy then copies both ways until either side closes).
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string) {
+// included: the proxy then copies both ways until either side closes). If the
+// replica refuses the connection, refused serves r instead: nothing was sent, and
+// r's body is still unread.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string, refused func()) {
 	target, err := url.Parse(base)
 	if err != nil || target.Scheme == "" || target.Host == "" {
 		s.log.Error("bad replica address in the shared store", "owner", base, "err", err)
@@ -84,9 +99,18 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string) {
 				pr.Out.Header.Set("X-Forwarded-For", strings.Join(prior, ", ")+", "+pr.Out.Header.Get("X-Forwarded-For"))
 			}
 			pr.Out.Header.Set(hopHeader, s.self)
+			if pr.In.Body != nil && pr.In.Body != http.NoBody {
+				// The client's transport closes the body it failed to send,
+				// and refused may still need it.
+				pr.Out.Body = io.NopCloser(pr.In.Body)
+			}
 		},
 		FlushInterval: -1, // event streams go out as they come
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, syscall.ECONNREFUSED) && refused != nil {
+				refused()
+				return
+			}
 			s.log.Warn("forward to the replica holding a stream", "owner", base, "err", err)
 			s.writeError(w, r, errorf(CodeUnavailable, "the replica that holds this stream does not answer; retry shortly"))
 		},

@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"image"
 	"image/png"
@@ -186,6 +187,7 @@ type Server struct {
 	requestLimiter ratelimit.Limiter
 	shared         session.Shared
 	self           string
+	instance       string
 	router         chi.Router
 }
 
@@ -223,6 +225,7 @@ func New(cfg Config) *Server {
 		s.requestLimiter = ratelimit.NewLocal(time.Minute, s.now)
 	}
 	s.shared, s.self = cfg.Shared, cfg.Self
+	s.instance = rand.Text()
 	s.trusted = cfg.TrustedProxies
 	s.authFailures = ratelimit.NewKeyed[netip.Prefix](s.limits.AuthFailureWindow, s.now)
 	s.authFailures.SetMaxKeys(s.limits.AuthFailureAddresses)
@@ -339,7 +342,18 @@ func (s *Server) handleRoot(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// ReplicaHeader, on GET /healthz of a replica with a shared store, is the
+// replica's Instance: a replica checks at start that its --advertise-url reaches
+// itself, not another server.
+const ReplicaHeader = "X-Infergate-Instance"
+
+// Instance returns a random name of this Server, different for every process.
+func (s *Server) Instance() string { return s.instance }
+
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	if s.self != "" {
+		w.Header().Set(ReplicaHeader, s.instance)
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -261,12 +262,26 @@ func (s *Server) serveStream(conn *websocket.Conn, r *http.Request, auth streamA
 	if auth.resume != nil {
 		st, cur, err := s.resume(r.Context(), auth, addr)
 		if owner, ok := isOwned(err); ok && r.Header.Get(hopHeader) == "" {
-			handed = true // relay owns the connection and its conns place now
-			go func() {
-				defer s.conns.done()
-				s.relay(conn, r, auth, owner)
-			}()
-			return
+			up, derr := s.dialHolder(r, auth, owner)
+			switch {
+			case derr == nil:
+				handed = true // relay owns the connection and its conns place now
+				go func() {
+					defer s.conns.done()
+					s.relay(conn, up)
+				}()
+				return
+			case errors.Is(derr, syscall.ECONNREFUSED):
+				// Nothing listens at the holder's address: it died, and this
+				// replica takes the stream over.
+				if err = s.registry.HolderGone(r.Context(), auth.resume.SessionID, owner); err == nil {
+					st, cur, err = s.resume(r.Context(), auth, addr)
+				}
+			default:
+				s.log.Warn("relay to the replica holding a stream", "owner", owner, "err", derr)
+				closeWith(conn, errorf(CodeUnavailable, "the replica that holds this stream does not answer; retry shortly"))
+				return
+			}
 		}
 		if err == nil {
 			c.st, cursor = st, cur

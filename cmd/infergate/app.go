@@ -73,6 +73,9 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("--trusted-proxies: %w", err)
 	}
+	if c.redis != "" && !storage.IsPostgres(c.db) {
+		return errors.New("--redis needs a postgres:// --db: the replicas that share a Redis share one database")
+	}
 	m.DB, err = storage.Open(ctx, c.db)
 	if err != nil {
 		return fmt.Errorf("open database: %w", err)
@@ -173,6 +176,11 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.serveErr = make(chan error, 1)
 	go func() { m.serveErr <- m.HTTP.Serve(m.ln) }()
+	if shared.Self != "" {
+		if err := checkAdvertised(ctx, shared.Self, m.Server.Instance()); err != nil {
+			return err // the caller's Close stops what started
+		}
+	}
 	info := m.Classifier.Info()
 	m.log.Info("serving", "addr", m.Addr(), "model", info.Name, "workers", c.workers, "db", m.DB.Path()) // Path: a URL without its password
 	fmt.Fprintf(m.stdout, "infergate %s listening on http://%s (model %s)\n", version, m.Addr(), info.Name)
@@ -183,9 +191,6 @@ func (m *Main) Run(ctx context.Context) error {
 // parts of a transport.Config it provides.
 func (m *Main) openShared(ctx context.Context) (transport.Config, error) {
 	c := m.cfg
-	if !storage.IsPostgres(c.db) {
-		return transport.Config{}, errors.New("--redis needs a postgres:// --db: the replicas that share a Redis share one database")
-	}
 	self, err := advertiseURL(c.advertise, m.ln.Addr())
 	if err != nil {
 		return transport.Config{}, err
@@ -227,6 +232,27 @@ func advertiseURL(flagValue string, addr net.Addr) (string, error) {
 		}
 	}
 	return "http://" + net.JoinHostPort(host, port), nil
+}
+
+// checkAdvertised checks that self, this replica's --advertise-url, reaches this
+// replica: the other replicas send requests for its streams there, and one that
+// finds nothing there takes its streams over.
+func checkAdvertised(ctx context.Context, self, instance string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, self+"/healthz", nil)
+	if err != nil {
+		return fmt.Errorf("--advertise-url %s: %w", self, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("--advertise-url %s does not reach this replica (the others could not reach it either): %w", self, err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get(transport.ReplicaHeader) != instance {
+		return fmt.Errorf("--advertise-url %s reaches another server, not this replica: give the address at which the other replicas reach this one", self)
+	}
+	return nil
 }
 
 // redactURL is u without its password, for logs.

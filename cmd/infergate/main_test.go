@@ -290,6 +290,7 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve", "--log-prune-batch", "0"}, nil, "must be positive"},
 		{[]string{"serve", "--shutdown-timeout", "20s"}, nil, "--shutdown-timeout 20s must be longer"},
 		{[]string{"serve", "--frame-timeout", "1m"}, []string{"INFERGATE_SHUTDOWN_TIMEOUT=45s"}, "--shutdown-timeout 45s must be longer"},
+		{[]string{"serve", "--redis", "redis://127.0.0.1:6379/0"}, nil, "--redis needs a postgres:// --db"},
 	}
 	for _, tc := range cases {
 		for _, kv := range tc.env {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -230,6 +231,22 @@ func TestReplicas(t *testing.T) {
 	defer cancel()
 	var results seen
 
+	t.Run("advertise-url checked", func(t *testing.T) {
+		// A replica whose --advertise-url names another server would have the
+		// others send its streams' requests there: it refuses to start.
+		// Bounded: a replica that wrongly started would serve until killed.
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(cctx, rs.bin, "serve", "--addr", "127.0.0.1:0", "--advertise-url", a.url)
+		cmd.Env = append(os.Environ(), "INFERGATE_MODEL="+testenv.Model(t), "INFERGATE_LABELS="+testenv.Labels(t),
+			"INFERGATE_ORT_LIB="+testenv.ORTLib(t))
+		cmd.Env = append(cmd.Env, rs.env...)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "reaches another server") {
+			t.Fatalf("serve with the --advertise-url of another replica: %v\n%s", err, out)
+		}
+	})
+
 	t.Run("rpm", func(t *testing.T) {
 		key := rs.key(t, "rpm@test", "--rpm", "4")
 		for i, s := range []*server{a, b, a, b} {
@@ -417,13 +434,20 @@ func TestReplicas(t *testing.T) {
 
 	t.Run("kill -9 under load", func(t *testing.T) {
 		c := rs.start(t) // the replica that stays
-		key := rs.key(t, "kill@test", "--fps", "1000", "--max-connections", "2")
+		key := rs.key(t, "kill@test", "--fps", "1000", "--max-connections", "4")
 		busy, _ := dialStream(t, ctx, wsURL(a, ""), key)
+		quiet, _ := dialStream(t, ctx, wsURL(a, ""), key)
 		idle, _ := dialStream(t, ctx, wsURL(a, ""), key)
-		_ = idle
+		quiet.frame(ctx, dog)
+		quiet.result(ctx, 1)
+		results.add(quiet.id, 1)
+		sse := openSSE(t, ctx, a, key)
+		sse.frame(t, a, dog, 1)
+		sse.result(t, 1)
+		results.add(sse.id, 1)
+		sse.stop()
 		// Frames keep coming, four in flight, until a dies under them.
-		var sent int64
-		for ; sent < 4; sent++ {
+		for i := 0; i < 4; i++ {
 			busy.frame(ctx, dog)
 		}
 		for i := 0; i < 20; i++ {
@@ -432,7 +456,6 @@ func TestReplicas(t *testing.T) {
 				results.add(busy.id, int64(m["seq"].(float64)))
 			}
 			busy.frame(ctx, dog)
-			sent++
 		}
 		killed := time.Now()
 		a.cmd.Process.Signal(syscall.SIGKILL)
@@ -451,27 +474,9 @@ func TestReplicas(t *testing.T) {
 				busy.last = seq
 			}
 		}
-		// Resume on c: until a's lease runs out, c still sees a as the holder and
-		// cannot reach it (503); then it takes the stream over.
-		var st2 *stream
-		var ready map[string]any
-		for st2 == nil {
-			if time.Since(killed) > 30*time.Second {
-				t.Fatal("the stream of the killed replica could not be resumed in 30 s")
-			}
-			cc, resp, err := websocket.Dial(ctx, wsURL(c, fmt.Sprintf("resume=%s&last_seq=%d", busy.id, busy.last)),
-				&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key}}})
-			if err != nil {
-				if resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
-					t.Fatalf("resume on c: %v %v", resp, err)
-				}
-				time.Sleep(250 * time.Millisecond)
-				continue
-			}
-			st2 = &stream{t: t, c: cc, id: busy.id}
-			t.Cleanup(func() { cc.CloseNow() })
-			ready = st2.read(ctx)
-		}
+		// Resume on c: a's lease still runs, but nothing listens at a's address
+		// any more, so c takes the stream over at once.
+		st2, ready := dialStream(t, ctx, wsURL(c, fmt.Sprintf("resume=%s&last_seq=%d", busy.id, busy.last)), key)
 		t.Logf("resumed on c %v after the kill", time.Since(killed).Round(time.Millisecond))
 		if ready["resumed"] != true {
 			t.Fatalf("resume after the kill: %v", ready)
@@ -480,14 +485,39 @@ func TestReplicas(t *testing.T) {
 		if recv < busy.last {
 			t.Fatalf("received_seq %d below the last answer the client had, %d", recv, busy.last)
 		}
+		st2.id = busy.id
 		st2.frame(ctx, dog)
-		m := st2.read(ctx)
-		if m["type"] != "result" || int64(m["seq"].(float64)) != recv+1 {
-			t.Fatalf("first frame after the takeover: %v, want the result of seq %d", m, recv+1)
-		}
+		st2.result(ctx, recv+1)
 		results.add(busy.id, recv+1)
+
+		// The same with the resume in the auth message: c has upgraded, finds a
+		// named as the holder, fails to reach it, and takes the stream over.
+		cc, _, err := websocket.Dial(ctx, wsURL(c, ""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st3 := &stream{t: t, c: cc, id: quiet.id}
+		t.Cleanup(func() { cc.CloseNow() })
+		auth, _ := json.Marshal(map[string]any{"type": "auth", "api_key": key, "resume": map[string]any{"session_id": quiet.id, "last_seq": 1}})
+		if err := cc.Write(ctx, websocket.MessageText, auth); err != nil {
+			t.Fatal(err)
+		}
+		if ready := st3.read(ctx); ready["resumed"] != true || ready["received_seq"] != 1.0 {
+			t.Fatalf("resume in the auth message after the kill: %v", ready)
+		}
+		st3.frame(ctx, dog)
+		st3.result(ctx, 2)
+		results.add(quiet.id, 2)
+
+		// The SSE session too: its event stream and frames reach c, which takes
+		// it over.
+		sse.listen(t, ctx, c, "1")
+		sse.frame(t, c, dog, 2)
+		sse.result(t, 2)
+		results.add(sse.id, 2)
+
 		// The idle stream's place comes back when a's lease runs out: the user
-		// then has one stream (the resumed one) and may open a second.
+		// then has three streams (the resumed ones) and may open a fourth.
 		for dialStatus(ctx, wsURL(c, ""), key) != http.StatusSwitchingProtocols {
 			if time.Since(killed) > 20*time.Second {
 				t.Fatal("the killed replica's place did not come back in 20 s")
@@ -503,6 +533,82 @@ func TestReplicas(t *testing.T) {
 	})
 
 	results.checkRows(t, rs.db)
+}
+
+// sseSession is an SSE session client of the test.
+type sseSession struct {
+	id, token string
+	events    <-chan sseEvent
+	stop      func() // ends the event stream
+}
+
+// openSSE creates an SSE session on s and listens to it there.
+func openSSE(t *testing.T, ctx context.Context, s *server, key string) *sseSession {
+	t.Helper()
+	code, body := s.post(t, "/v1/sessions", key, "application/json", nil)
+	var created struct {
+		SessionID string `json:"session_id"`
+		Token     string `json:"token"`
+	}
+	if err := json.Unmarshal(body, &created); code != 201 || err != nil {
+		t.Fatalf("create session on %s: %d %s", s.url, code, body)
+	}
+	ss := &sseSession{id: created.SessionID, token: created.Token}
+	ss.listen(t, ctx, s, "")
+	return ss
+}
+
+// listen opens the session's event stream on s (after lastEventID, if given) and
+// reads its ready.
+func (ss *sseSession) listen(t *testing.T, ctx context.Context, s *server, lastEventID string) {
+	t.Helper()
+	lctx, cancel := context.WithCancel(ctx)
+	req, _ := http.NewRequestWithContext(lctx, "GET", s.url+"/v1/sessions/"+ss.id+"/events", nil)
+	req.Header.Set("X-Session-Token", ss.token)
+	if lastEventID != "" {
+		req.Header.Set("Last-Event-ID", lastEventID)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		cancel()
+		t.Fatalf("events on %s: %v %v", s.url, resp, err)
+	}
+	ss.events = sseEvents(resp.Body)
+	ss.stop = func() { cancel(); resp.Body.Close() }
+	t.Cleanup(ss.stop)
+	if ev := <-ss.events; ev.name != "ready" {
+		t.Fatalf("first event %+v", ev)
+	}
+}
+
+// frame posts one image to the session through s, expecting it numbered seq.
+func (ss *sseSession) frame(t *testing.T, s *server, img []byte, seq int) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", s.url+"/v1/sessions/"+ss.id+"/frames", bytes.NewReader(img))
+	req.Header.Set("X-Session-Token", ss.token)
+	req.Header.Set("Content-Type", "image/jpeg")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 202 || !bytes.Contains(b, []byte(fmt.Sprintf(`"seq":%d`, seq))) {
+		t.Fatalf("frame %d on %s: %d %s", seq, s.url, resp.StatusCode, b)
+	}
+}
+
+// result reads the next event, which must be the result of seq.
+func (ss *sseSession) result(t *testing.T, seq int) {
+	t.Helper()
+	select {
+	case ev := <-ss.events:
+		if ev.name != "result" || ev.id != fmt.Sprint(seq) {
+			t.Fatalf("event %+v, want the result of seq %d", ev, seq)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no event for seq %d", seq)
+	}
 }
 
 type sseEvent struct{ name, id, data string }

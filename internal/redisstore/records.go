@@ -100,6 +100,35 @@ end
 return out
 `)
 
+// expireScript ends the lease of a stream whose holder is ARGV[2], if it still
+// is: the lease's expiry becomes 0, so that Adopt may take it at once (and
+// Orphans claims it, if nobody does).
+//
+// KEYS[1] the record, KEYS[2] leases. ARGV id, owner, prefix.
+var expireScript = redis.NewScript(`
+local id, owner, prefix = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', KEYS[1], 'owner') ~= owner then return 0 end
+local user = redis.call('HGET', KEYS[1], 'user')
+redis.call('ZADD', KEYS[2], 'XX', 0, id)
+if user then redis.call('ZADD', prefix .. 'u:' .. user, 'XX', 0, id) end
+return 1
+`)
+
+// Expire ends the lease of stream id if the replica at owner still holds it:
+// the caller found that nothing listens at owner's address any more (a
+// replica killed or crashed; one restarted there would have answered), so the
+// stream may be taken over now rather than when the lease runs out.
+func (s *Store) Expire(ctx context.Context, id, owner string) error {
+	if owner == "" {
+		return nil
+	}
+	err := expireScript.Run(ctx, s.client, []string{s.recordKey(id), s.leasesKey()}, id, owner, s.o.Prefix).Err()
+	if err != nil {
+		return fmt.Errorf("redisstore: expire the lease of stream %s: %w", id, err)
+	}
+	return nil
+}
+
 // orphansLimit bounds the orphans one call claims, so that one script does
 // not block Redis long after a large replica died; the rest wait for the
 // next call.

@@ -445,3 +445,34 @@ func TestCloseFlushes(t *testing.T) {
 	a.Release("s1", true)
 	a.Free(1, "s1")
 }
+
+// TestExpire: a replica found dead (its address refuses connections) loses the
+// lease of a stream at once, so another adopts it without waiting for the lease to
+// run out; a wrong holder changes nothing.
+func TestExpire(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a := e.open(t, "http://a", redisstore.Options{}) // the default lease: 12 s
+	b := e.open(t, "http://b", redisstore.Options{})
+	ctx := ctxT(t)
+	start(t, a, "s1")
+	appendN(a, "s1", 3)
+	waitSeq(t, b, "s1", 3)
+	if err := b.Expire(ctx, "s1", "http://c"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Adopt(ctx, "s1"); !errors.Is(err, session.ErrOwned) {
+		t.Fatalf("Adopt after the expiry of another holder's lease = %v, want ErrOwned", err)
+	}
+	if err := b.Expire(ctx, "s1", "http://a"); err != nil {
+		t.Fatal(err)
+	}
+	rec, ring, err := b.Adopt(ctx, "s1")
+	if err != nil || rec.Owner != "http://b" || rec.LastSeq != 3 {
+		t.Fatalf("Adopt once a's lease was ended = %+v, %v", rec, err)
+	}
+	wantEvents(t, ring, 1, 3)
+	if err := b.Expire(ctx, "nope", "http://a"); err != nil {
+		t.Fatalf("Expire of no stream: %v", err)
+	}
+}
