@@ -36,6 +36,11 @@
 #   STREAMS       streams of the idle and burst scenarios, POSTs of burst-post
 #                 (default 2000); the open-file limit (ulimit -Hn) must allow them
 #   THROUGHPUT    0 skips ortbench and the throughput rows (only the scenarios)
+#   DB            the server's --db (default a SQLite file in a temporary folder): a
+#                 postgres:// URL measures the server on PostgreSQL (the database must
+#                 exist; this run's users have names of their own, bench-<time>@local)
+#   REDIS         a redis://host:port/db URL: the server runs with --redis (needs a
+#                 postgres:// DB), its keys under a prefix of this run's own
 #   ORT_LIB       ONNX Runtime library (default third_party/onnxruntime/lib/libonnxruntime.so.1.24.1)
 #   OUT           output folder (default out/bench/<UTC time>; out/bench/latest links to it)
 #
@@ -156,8 +161,13 @@ else
 fi
 
 # 2. Server and key.
-db="$tmp/bench.db"
-"$tmp/infergate" keys create --email bench@local --rpm 1000000 --fps 100000 --max-connections 64 \
+db=${DB:-$tmp/bench.db}
+if [ -n "${REDIS:-}" ]; then
+	case "$db" in postgres://* | postgresql://*) ;; *) die "REDIS needs a postgres:// DB" ;; esac
+	SERVER_FLAGS="$SERVER_FLAGS --redis $REDIS --redis-prefix bench-$stamp:"
+fi
+run=${stamp,,}
+"$tmp/infergate" keys create --email bench-$run@local --rpm 1000000 --fps 100000 --max-connections 64 \
 	--db "$db" >"$tmp/key" 2>"$tmp/key.err" || die "could not create the bench key: $(cat "$tmp/key.err")"
 INFERGATE_API_KEY=$(head -n1 "$tmp/key")
 case "$INFERGATE_API_KEY" in ig_*) ;; *) die "keys create printed no key" ;; esac
@@ -165,9 +175,9 @@ export INFERGATE_API_KEY # loadgen reads it: the key stays out of argument lists
 if [ -n "$SCENARIOS" ]; then
 	# The scenarios' user holds STREAMS streams at once; the fairness scenario's light
 	# client is another user.
-	"$tmp/infergate" keys create --email burst@local --rpm 1000000 --fps 100000 --max-connections $((STREAMS + 64)) \
+	"$tmp/infergate" keys create --email burst-$run@local --rpm 1000000 --fps 100000 --max-connections $((STREAMS + 64)) \
 		--db "$db" >"$tmp/key-burst" 2>"$tmp/key.err" || die "could not create the scenarios' key: $(cat "$tmp/key.err")"
-	"$tmp/infergate" keys create --email light@local --rpm 1000000 --fps 100000 --max-connections 4 \
+	"$tmp/infergate" keys create --email light-$run@local --rpm 1000000 --fps 100000 --max-connections 4 \
 		--db "$db" >"$tmp/key-light" 2>"$tmp/key.err" || die "could not create the light client's key: $(cat "$tmp/key.err")"
 	burst_key=$(head -n1 "$tmp/key-burst")
 	light_key=$(head -n1 "$tmp/key-light")
@@ -296,6 +306,10 @@ ort_flag=()
 	printf '## infergate bench, %s\n\n' "$stamp"
 	printf 'Model `%s`; server flags: `%s`; %s per run after %s warmup; image `%s`.\n' \
 		"$MODEL" "${SERVER_FLAGS:-(defaults)}" "$DURATION" "$WARMUP" "$IMAGE"
+	case "$db" in
+	postgres://* | postgresql://*) printf 'Store: PostgreSQL%s (on this machine: its CPU is in "other").\n' "${REDIS:+ + Redis (--redis)}" ;;
+	*) printf 'Store: SQLite file, in process.\n' ;;
+	esac
 	printf 'Machine: %s cores, %s; %s.\n\n' "$(nproc)" \
 		"$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || echo unknown CPU)" "$(go version | cut -d' ' -f3)"
 	[ -z "$ort_note" ] || printf '%s\n\n' "$ort_note"
