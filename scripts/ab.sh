@@ -10,7 +10,10 @@
 # the machine's drift over both. It prints one line per run and the mean of each side.
 #
 # The servers take extra flags from A_FLAGS and B_FLAGS (e.g. B_FLAGS="--max-batch 2",
-# with REV_A = REV_B, to measure a flag). Both run at once, so the idle one costs a
+# with REV_A = REV_B, to measure a flag), and their databases from A_DB and B_DB
+# (default a SQLite file each; a postgres:// URL names an existing database, e.g.
+# B_DB=postgres://... B_FLAGS="--redis redis://127.0.0.1:6379/0" to measure the
+# shared store). Both run at once, so the idle one costs a
 # little; the machine should otherwise be idle (the script says when it is not).
 # Examples:
 #   scripts/ab.sh 3d61229 . -- --mode ws-binary --clients 8 --depth 4 --size 224x224
@@ -63,9 +66,11 @@ go build -o "$tmp/loadgen" ./cmd/loadgen
 declare -A url key light pid
 port=18300
 for side in a b; do
-	db=$tmp/$side.db
-	key[$side]=$("$tmp/infergate-$side" keys create --db "$db" --email "$side@ab.local" --rpm 1000000 --fps 100000 --max-connections 4096 | head -n1)
-	light[$side]=$("$tmp/infergate-$side" keys create --db "$db" --email "light-$side@ab.local" --rpm 1000000 --fps 100000 --max-connections 8 | head -n1)
+	dbvar=${side^^}_DB
+	db=${!dbvar:-$tmp/$side.db}
+	run=$(basename "$tmp" | tr 'A-Z.' 'a-z-')
+	key[$side]=$("$tmp/infergate-$side" keys create --db "$db" --email "$side-$run@ab.local" --rpm 1000000 --fps 100000 --max-connections 4096 | head -n1)
+	light[$side]=$("$tmp/infergate-$side" keys create --db "$db" --email "light-$side-$run@ab.local" --rpm 1000000 --fps 100000 --max-connections 8 | head -n1)
 	flags=A_FLAGS
 	[ $side = b ] && flags=B_FLAGS
 	# shellcheck disable=SC2086 # the flags are a list
