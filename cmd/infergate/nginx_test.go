@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -151,48 +150,12 @@ func TestNginx(t *testing.T) {
 	}
 	st.c.Close(websocket.StatusNormalClosure, "")
 
-	// An SSE session: create, listen and post frames through nginx.
-	code, body := nx.post(t, "/v1/sessions", key, "application/json", nil)
-	var created struct {
-		SessionID string `json:"session_id"`
-		Token     string `json:"token"`
-		EventsURL string `json:"events_url"`
-	}
-	if err := json.Unmarshal(body, &created); code != 201 || err != nil {
-		t.Fatalf("create session through nginx: %d %s", code, body)
-	}
-	req, _ := http.NewRequestWithContext(ctx, "GET", front+created.EventsURL, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("events through nginx: %v %v", resp, err)
-	}
-	defer resp.Body.Close()
-	events := sseEvents(resp.Body)
-	if ev := <-events; ev.name != "ready" {
-		t.Fatalf("first event %+v", ev)
-	}
+	// An SSE session: create, listen and post frames through nginx. Each event
+	// arrives as it is sent: nginx does not buffer the stream.
+	sse := openSSE(t, ctx, nx, key)
 	for seq := 1; seq <= 6; seq++ {
-		req, _ := http.NewRequest("POST", front+"/v1/sessions/"+created.SessionID+"/frames", bytes.NewReader(dog))
-		req.Header.Set("X-Session-Token", created.Token)
-		req.Header.Set("Content-Type", "image/jpeg")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 202 {
-			t.Fatalf("frame %d through nginx: %d %s", seq, resp.StatusCode, b)
-		}
-		// Each event arrives as it is sent: nginx does not buffer the stream.
-		select {
-		case ev := <-events:
-			if ev.name != "result" || ev.id != fmt.Sprint(seq) {
-				t.Fatalf("event %+v, want the result of seq %d", ev, seq)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatalf("no event for seq %d through nginx", seq)
-		}
+		sse.frame(t, nx, dog, seq)
+		sse.result(t, seq)
 	}
 	// nginx spread the session's requests (least_conn sends a POST to the replica
 	// without the open event stream), and the replicas forwarded those for the

@@ -293,50 +293,15 @@ func TestReplicas(t *testing.T) {
 
 	t.Run("sse split", func(t *testing.T) {
 		key := rs.key(t, "sse@test", "--fps", "50")
-		code, body := a.post(t, "/v1/sessions", key, "application/json", nil)
-		var created struct {
-			SessionID string `json:"session_id"`
-			Token     string `json:"token"`
-			EventsURL string `json:"events_url"`
-		}
-		if err := json.Unmarshal(body, &created); code != 201 || err != nil {
-			t.Fatalf("create session on a: %d %s", code, body)
-		}
-		// Events from b, frames to a and b in turn.
-		req, _ := http.NewRequestWithContext(ctx, "GET", b.url+created.EventsURL, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("events on b: %v %v", resp, err)
-		}
-		defer resp.Body.Close()
-		events := sseEvents(resp.Body)
-		if ev := <-events; ev.name != "ready" {
-			t.Fatalf("first event %+v", ev)
-		}
+		// Created on a, events from b, frames to a and b in turn.
+		sse := createSSE(t, a, key)
+		sse.listen(t, ctx, b, "")
 		for i, s := range []*server{a, b, b, a} {
-			req, _ := http.NewRequest("POST", s.url+"/v1/sessions/"+created.SessionID+"/frames", bytes.NewReader(dog))
-			req.Header.Set("X-Session-Token", created.Token)
-			req.Header.Set("Content-Type", "image/jpeg")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 202 || !bytes.Contains(b, []byte(fmt.Sprintf(`"seq":%d`, i+1))) {
-				t.Fatalf("frame %d on %s: %d %s", i+1, s.url, resp.StatusCode, b)
-			}
+			sse.frame(t, s, dog, i+1)
 		}
 		for seq := 1; seq <= 4; seq++ {
-			select {
-			case ev := <-events:
-				if ev.name != "result" || ev.id != fmt.Sprint(seq) {
-					t.Fatalf("event %+v, want the result of seq %d", ev, seq)
-				}
-				results.add(created.SessionID, int64(seq))
-			case <-time.After(20 * time.Second):
-				t.Fatalf("no event for seq %d", seq)
-			}
+			sse.result(t, seq)
+			results.add(sse.id, int64(seq))
 		}
 	})
 
@@ -545,6 +510,14 @@ type sseSession struct {
 // openSSE creates an SSE session on s and listens to it there.
 func openSSE(t *testing.T, ctx context.Context, s *server, key string) *sseSession {
 	t.Helper()
+	ss := createSSE(t, s, key)
+	ss.listen(t, ctx, s, "")
+	return ss
+}
+
+// createSSE creates an SSE session on s.
+func createSSE(t *testing.T, s *server, key string) *sseSession {
+	t.Helper()
 	code, body := s.post(t, "/v1/sessions", key, "application/json", nil)
 	var created struct {
 		SessionID string `json:"session_id"`
@@ -553,9 +526,7 @@ func openSSE(t *testing.T, ctx context.Context, s *server, key string) *sseSessi
 	if err := json.Unmarshal(body, &created); code != 201 || err != nil {
 		t.Fatalf("create session on %s: %d %s", s.url, code, body)
 	}
-	ss := &sseSession{id: created.SessionID, token: created.Token}
-	ss.listen(t, ctx, s, "")
-	return ss
+	return &sseSession{id: created.SessionID, token: created.Token}
 }
 
 // listen opens the session's event stream on s (after lastEventID, if given) and
