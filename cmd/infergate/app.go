@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -174,6 +175,11 @@ func (m *Main) Run(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
 	}
+	if c.pprofAddr != "" {
+		if _, err := m.servePprof(c.pprofAddr); err != nil {
+			return err
+		}
+	}
 	m.serveErr = make(chan error, 1)
 	go func() { m.serveErr <- m.HTTP.Serve(m.ln) }()
 	if shared.Self != "" {
@@ -185,6 +191,26 @@ func (m *Main) Run(ctx context.Context) error {
 	m.log.Info("serving", "addr", m.Addr(), "model", info.Name, "workers", c.workers, "db", m.DB.Path()) // Path: a URL without its password
 	fmt.Fprintf(m.stdout, "infergate %s listening on http://%s (model %s)\n", version, m.Addr(), info.Name)
 	return nil
+}
+
+// servePprof serves net/http/pprof's handlers on a listener of their own at addr,
+// apart from the API (and its auth): for profiling under load. It ends with the
+// process. It returns the address it listens on.
+func (m *Main) servePprof(addr string) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("--pprof-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln) // ends with the process: profiles are a debugging aid
+	m.log.Info("serving profiles", "url", "http://"+ln.Addr().String()+"/debug/pprof/")
+	return ln.Addr().String(), nil
 }
 
 // openShared connects to the Redis of --redis, which replicas share, and returns the

@@ -52,6 +52,7 @@ type config struct {
 	authFailureWindow               time.Duration
 	trustedProxies                  string
 	redis, redisPrefix, advertise   string
+	pprofAddr                       string
 }
 
 // envName is the environment variable of a flag: INFERGATE_ + upper snake case.
@@ -128,6 +129,7 @@ func serveFlags(c *config) *flag.FlagSet {
 	fs.StringVar(&c.advertise, "advertise-url", "", "with --redis: this replica's base URL as the other replicas reach it, to send on requests for its streams (default http://<--addr>, with this host's name when --addr has no host)")
 	fs.DurationVar(&c.modelCheck, "model-check-interval", 5*time.Second, "/readyz and /v1/model/info run a test inference at most once per interval, and report its outcome meanwhile")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 0, "longest a graceful shutdown takes before connections are cut; 0 = the longer of --frame-timeout and --request-timeout, plus --write-timeout, plus 5s. Must be longer than both")
+	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve Go's profiles (net/http/pprof) at http://ADDR/debug/pprof/ on a listener of their own, e.g. 127.0.0.1:6060; empty: none. Keep it off public networks")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	return fs

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -638,4 +639,23 @@ func TestSecondSignalForcesExit(t *testing.T) {
 		t.Fatalf("no line about the forced exit:\n%s", s.stderr)
 	}
 	t.Logf("exited %v after the second signal", time.Since(start).Round(time.Millisecond))
+}
+
+// TestPprof: --pprof-addr serves Go's profiles on a listener of its own.
+func TestPprof(t *testing.T) {
+	m := NewMain(config{}, io.Discard, io.Discard)
+	m.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	addr, err := m.servePprof("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + addr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !bytes.Contains(b, []byte("goroutine profile")) {
+		t.Fatalf("profile: %d %.200s", resp.StatusCode, b)
+	}
 }
