@@ -85,8 +85,22 @@ func (s *Server) relay(conn, up *websocket.Conn) {
 		}
 		pinger.Reset(lim.PingInterval)
 	})
-	pinger.Reset(lim.PingInterval)                         // set before it can fire
-	passOn(conn, copyMessages(conn, up, lim.WriteTimeout)) // holder -> client
+	pinger.Reset(lim.PingInterval) // set before it can fire
+	// At shutdown the client is told this replica is going away (1001), and
+	// resumes through another; the holder sees a drop (not a close, which would
+	// end the stream), and waits for that resume.
+	left := make(chan struct{})
+	stop := context.AfterFunc(s.forwarding, func() {
+		defer close(left)
+		up.CloseNow()
+		conn.Close(websocket.StatusGoingAway, "server shutting down")
+	})
+	why := copyMessages(conn, up, lim.WriteTimeout) // holder -> client
+	if stop() {
+		passOn(conn, why)
+	} else {
+		<-left // the shutdown's close is under way: let it finish
+	}
 	pinger.Stop()
 	up.CloseNow()
 	conn.CloseNow()

@@ -87,6 +87,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, base string, re
 		return
 	}
 	s.metrics.forwarded.Inc()
+	// Shutdown ends a forwarded request (an event stream may last for hours): its
+	// client reconnects, through another replica.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(s.forwarding, cancel)()
+	r = r.WithContext(ctx)
 	p := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)

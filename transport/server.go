@@ -188,6 +188,10 @@ type Server struct {
 	shared         session.Shared
 	self           string
 	instance       string
+	// forwarding ends, when Shutdown begins, the requests and relays sent on to
+	// the replica holding their stream.
+	forwarding     context.Context
+	stopForwarding context.CancelFunc
 	router         chi.Router
 }
 
@@ -226,6 +230,7 @@ func New(cfg Config) *Server {
 	}
 	s.shared, s.self = cfg.Shared, cfg.Self
 	s.instance = rand.Text()
+	s.forwarding, s.stopForwarding = context.WithCancel(context.Background())
 	s.trusted = cfg.TrustedProxies
 	s.authFailures = ratelimit.NewKeyed[netip.Prefix](s.limits.AuthFailureWindow, s.now)
 	s.authFailures.SetMaxKeys(s.limits.AuthFailureAddresses)
@@ -267,6 +272,9 @@ func (s *Server) Registry() *session.Registry { return s.registry }
 // ended or ctx is done. Call it after http.Server.Shutdown, which does not touch
 // hijacked WebSocket connections or wait for event streams.
 func (s *Server) Shutdown(ctx context.Context) error {
+	// Requests sent on to another replica hold no stream here: they end now, and
+	// their clients come back through another replica.
+	s.stopForwarding()
 	err := s.registry.Shutdown(ctx)
 	if werr := s.conns.wait(ctx); err == nil {
 		err = werr

@@ -368,6 +368,27 @@ func TestReplicas(t *testing.T) {
 		}
 		st.result(ctx, 1)
 		results.add(st.id, 1)
+		// b also serves, for streams a holds, a forwarded event stream and a
+		// relayed WebSocket: they must not hold its shutdown up.
+		sse := createSSE(t, a, key)
+		sse.listen(t, ctx, b, "")
+		onA, _ := dialStream(t, ctx, wsURL(a, ""), key)
+		onA.c.CloseNow()
+		rc, _, err := websocket.Dial(ctx, wsURL(b, ""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		relayed := &stream{t: t, c: rc, id: onA.id}
+		t.Cleanup(func() { rc.CloseNow() })
+		auth, _ := json.Marshal(map[string]any{"type": "auth", "api_key": key, "resume": map[string]any{"session_id": onA.id, "last_seq": 0}})
+		if err := rc.Write(ctx, websocket.MessageText, auth); err != nil {
+			t.Fatal(err)
+		}
+		if ready := relayed.read(ctx); ready["resumed"] != true {
+			t.Fatalf("relayed resume: %v", ready)
+		}
+
+		stopped := time.Now()
 		b.cmd.Process.Signal(syscall.SIGTERM)
 		// The frames read are answered, then 1001: this replica is going away.
 		for seq := int64(2); seq <= 3; seq++ {
@@ -377,9 +398,26 @@ func TestReplicas(t *testing.T) {
 		if code := st.closeStatus(ctx); code != websocket.StatusGoingAway {
 			t.Fatalf("close at shutdown: %d, want 1001", code)
 		}
+		if code := relayed.closeStatus(ctx); code != websocket.StatusGoingAway {
+			t.Fatalf("relayed stream at b's shutdown: close %d, want 1001", code)
+		}
 		if err := b.cmd.Wait(); err != nil {
 			t.Fatalf("b's exit: %v", err)
 		}
+		if d := time.Since(stopped); d > 15*time.Second {
+			t.Fatalf("b took %v to shut down: the requests it forwarded held it up", d)
+		}
+		// The relayed stream lives on at a, which saw a drop, not a close.
+		again, ready := dialStream(t, ctx, wsURL(a, "resume="+onA.id+"&last_seq=0"), key)
+		if ready["resumed"] != true {
+			t.Fatalf("resume on a of the stream b relayed: %v", ready)
+		}
+		again.c.Close(websocket.StatusNormalClosure, "")
+		// And the SSE session, whose event stream b ended, is listened to on a.
+		sse.listen(t, ctx, a, "")
+		sse.frame(t, a, dog, 1)
+		sse.result(t, 1)
+		results.add(sse.id, 1)
 		// a takes the stream over from the shared store, having read only seq 1.
 		st2, ready := dialStream(t, ctx, wsURL(a, "resume="+st.id+"&last_seq=1"), key)
 		if ready["resumed"] != true || ready["received_seq"] != 3.0 {
