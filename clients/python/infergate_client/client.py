@@ -51,6 +51,9 @@ _LATEST_IN_FLIGHT = 32
 # up to the cap (and never past the server's resume window).
 _RESUME_FIRST_DELAY = 0.1
 _RESUME_MAX_DELAY = 2.0
+# SSE: how many times one frame is POSTed when the POST fails without being taken
+# (503 without a seq, or a broken connection), with the same backoff.
+_SSE_FRAME_ATTEMPTS = 6
 
 # Used when a transport does not say (POST has no ready message).
 _DEFAULT_LIMITS = {"frames": None, "window_ms": 1000, "max_in_flight": 4, "max_message_bytes": 11534336}
@@ -1770,19 +1773,42 @@ class _SSEAdapter(_Adapter):
 
     async def send(self, job: _Job, body: Any) -> Optional[int]:
         assert self.lock is not None
-        async with self.lock:
-            resp = await self._post(body)
-        decoded = None
-        try:
-            decoded = json.loads(resp.body) if resp.body else None
-        except ValueError:
-            pass
-        if isinstance(decoded, dict) and isinstance(decoded.get("seq"), int):
-            # Accepted (202), or refused with a seq (429, 400): either way its answer
-            # comes on the event stream.
-            return decoded["seq"]
-        raise error_from_response(resp.status, resp.headers, resp.body) if resp.status >= 400 else \
-            TransportError(f"the frame POST answered HTTP {resp.status} without a seq", status=resp.status)
+        delay = _RESUME_FIRST_DELAY
+        async with self.lock:  # held across the retries: frames keep their order
+            for attempt in range(_SSE_FRAME_ATTEMPTS):
+                last = attempt == _SSE_FRAME_ATTEMPTS - 1
+                try:
+                    resp = await self._post(body)
+                except TransportError:
+                    # The connection broke (a replica going away behind a proxy):
+                    # the frame is sent again; an answer to both copies is
+                    # matched by the frame's id, so a copy the server did read
+                    # is answered once to the caller.
+                    if last:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, _RESUME_MAX_DELAY)
+                    continue
+                decoded = None
+                try:
+                    decoded = json.loads(resp.body) if resp.body else None
+                except ValueError:
+                    pass
+                if isinstance(decoded, dict) and isinstance(decoded.get("seq"), int):
+                    # Accepted (202), or refused with a seq (429, 400): either way
+                    # its answer comes on the event stream.
+                    return decoded["seq"]
+                err = error_from_response(resp.status, resp.headers, resp.body) if resp.status >= 400 else \
+                    TransportError(f"the frame POST answered HTTP {resp.status} without a seq", status=resp.status)
+                if resp.status != 503 or last:
+                    raise err
+                # unavailable with no seq: the frame was not taken (a replica
+                # shutting down or gone, a proxy with no replica): again, after the
+                # wait the server asked for.
+                wait = getattr(err, "retry_after", None)
+                await asyncio.sleep(min(float(wait), _RESUME_MAX_DELAY) if wait else delay)
+                delay = min(2 * delay, _RESUME_MAX_DELAY)
+        raise TransportError("unreachable")  # the loop returns or raises
 
     async def close(self) -> None:
         self.closing = True

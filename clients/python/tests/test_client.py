@@ -351,6 +351,31 @@ class TestStreamTransports(LiveTest):
     def test_post(self) -> None:
         self.assertPhotos(list(self.client().stream(PHOTOS, transport="post")), "post")
 
+    def test_sse_frame_post_retried(self) -> None:
+        # Behind a load balancer, the POST of a frame in flight when its replica
+        # dies fails: 503 from the proxy, or a broken connection. The replica that
+        # takes the session over answers the frame sent again. (A fake here: the
+        # proxy's failure; the takeover itself is TestReplicas' in Go.)
+        import infergate_client.client as mod
+        from infergate_client._http import Response
+
+        real = mod._SSEAdapter._post
+        failures = [Response(503, {"Retry-After": "0"}, b'{"error":{"code":"unavailable","message":"no replica answered"}}'),
+                    TransportError("connection to the proxy lost")]
+
+        async def flaky(adapter: Any, body: bytes) -> Any:
+            if failures and b'"id": 1,' in body:
+                f = failures.pop(0)
+                if isinstance(f, Exception):
+                    raise f
+                return f
+            return await real(adapter, body)
+
+        with mock.patch.object(mod._SSEAdapter, "_post", flaky):
+            items = list(self.client().stream(PHOTOS, transport="sse"))
+        self.assertEqual(failures, [], "the failures were not met")
+        self.assertPhotos(items, "sse")
+
     def test_auto_picks_websocket(self) -> None:
         self.assertPhotos(list(self.client().stream(PHOTOS)), "ws")
 
