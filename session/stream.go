@@ -111,9 +111,10 @@ type Event struct {
 	Latency   time.Duration
 	Inference time.Duration
 	Log       time.Duration // the commit of the frame's log row, after Latency
-	// Raw, when set, is the event as another replica encoded it: an answer of a
-	// stream this replica took over, sent again from the shared ring. The
-	// transport sends Raw.Data as it is.
+	// Raw, when set, is the event already encoded, as the transport sends it
+	// (Raw.Data as it is): a stream with a shared store encodes each event once,
+	// to mirror it; and the answers of a stream taken over from another replica
+	// come back from the shared ring only so.
 	Raw *Mirrored
 }
 
@@ -435,8 +436,7 @@ func (s *Stream) advance() {
 			s.answered = ev.Seq
 			s.reg.hooks.answered(s.Transport, ev)
 		}
-		s.ring.Send(ev)
-		s.mirror(ev)
+		s.ring.Send(s.mirror(ev))
 		s.order[n] = nil
 		n++
 	}
@@ -456,22 +456,23 @@ func (s *Stream) advance() {
 	}
 }
 
-// mirror copies ev, just sent to the ring, to the shared store's ring, with the
-// stream's counts and settings after it; s.mu is held. Pongs are not kept: a
-// resumed connection gets none of an earlier connection's.
-func (s *Stream) mirror(ev Event) {
+// mirror copies ev, about to enter the ring, to the shared store's ring, with the
+// stream's counts and settings after it, and returns it carrying its encoding
+// (Raw), so that it is encoded once, not again by each consumer; s.mu is held.
+// Pongs are not kept: a resumed connection gets none of an earlier connection's.
+func (s *Stream) mirror(ev Event) Event {
 	if !s.shared || ev.Kind == KindPong {
-		return
+		return ev
 	}
-	m := Mirrored{Seq: ev.Seq, Kind: ev.Kind}
-	if ev.Raw != nil {
-		m = *ev.Raw
-	} else {
+	if ev.Raw == nil {
+		m := Mirrored{Seq: ev.Seq, Kind: ev.Kind}
 		m.Name, m.Data = s.reg.encode(ev)
+		ev.Raw = &m
 	}
-	s.reg.shared.Append(s.ID, m, Counts{
+	s.reg.shared.Append(s.ID, *ev.Raw, Counts{
 		Seq: s.answered, Received: s.received, Rejected: s.rejected, Skipped: s.skipped, Settings: s.settings,
 	})
+	return ev
 }
 
 // Ping queues a pong in the answer order, for owner (0 = any; see Frame.Owner).
