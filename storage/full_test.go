@@ -1,19 +1,19 @@
 package storage
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/mattn/go-sqlite3"
+
+	"github.com/infergate/infergate/internal/testenv"
 )
 
 // TestWriteWhenFull fills the database to its size limit (PRAGMA max_page_count
@@ -132,7 +132,7 @@ func TestWriterFailureLogThrottled(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			var buf syncBuffer
+			var buf testenv.Buffer
 			e := newWriterEnv(t, WriterOptions{Logger: slog.New(slog.NewTextHandler(&buf, nil)), FailureLogEvery: tc.every})
 			if err := e.w.Write(ctx, e.row(0)); err != nil {
 				t.Fatal(err)
@@ -163,21 +163,3 @@ func TestWriterFailureLogThrottled(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the writer goroutine to log into while a
-// test reads it.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
