@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/infergate/infergate/ratelimit"
 	"github.com/infergate/infergate/storage"
 )
 
@@ -151,28 +150,13 @@ func (r *Registry) Adopt(ctx context.Context, id string, lastSeq int64) (*Stream
 	case err != nil:
 		return giveBack(err)
 	}
-	now := r.now()
-	sctx, cancel := context.WithCancelCause(context.Background())
-	s := &Stream{
-		ID: id, Principal: p, Transport: rec.Transport, Started: rec.Started, Secret: rec.Secret,
-		reg: r, limits: r.limits, ring: ring, ctx: sctx, cancel: cancel,
-		ended:    make(chan struct{}),
-		opened:   make(chan struct{}),
-		idle:     r.limits.IdleExpiry,
-		freed:    make(chan struct{}),
-		settings: rec.Settings,
-		maxFPS:   max(1, rec.MaxFPS),
-		limiter:  ratelimit.NewWindow(rec.Settings.FPS, r.limits.Window),
-		lastUse:  now,
-		seq:      base, received: base, answered: base,
-		rejected: rec.Rejected, skipped: rec.Skipped,
-		placed: true, shared: true,
-	}
-	if s.Transport == storage.TransportWS {
-		s.idle = r.limits.ResumeWindow
-	}
+	s := r.newStream(id, p, rec.Transport, rec.Started, rec.Secret, ring, rec.Settings, max(1, rec.MaxFPS))
+	// It goes on where the shared ring leaves it, holding its place and record.
+	s.seq, s.received, s.answered = base, base, base
+	s.rejected, s.skipped = rec.Rejected, rec.Skipped
+	s.placed, s.shared = true, true
 	if err := r.add(s); err != nil {
-		cancel(err)
+		s.cancel(err)
 		if errors.Is(err, errHere) {
 			return r.Resume(id, 0, lastSeq)
 		}

@@ -222,27 +222,12 @@ func (r *Registry) Open(ctx context.Context, op OpenParams) (*Stream, error) {
 		return nil, err
 	}
 	now := r.now()
-	sctx, cancel := context.WithCancelCause(context.Background())
-	s := &Stream{
-		ID: id, Principal: op.Principal, Transport: op.Transport, Started: now, Secret: op.Secret,
-		reg: r, limits: r.limits, ring: NewReplay(r.limits.Replay), ctx: sctx, cancel: cancel,
-		ended:    make(chan struct{}),
-		opened:   make(chan struct{}),
-		idle:     r.limits.IdleExpiry,
-		freed:    make(chan struct{}),
-		settings: settings,
-		maxFPS:   maxFPS,
-		limiter:  ratelimit.NewWindow(settings.FPS, r.limits.Window),
-		lastUse:  now,
-	}
-	if op.Transport == storage.TransportWS {
-		s.idle = r.limits.ResumeWindow
-	}
+	s := r.newStream(id, op.Principal, op.Transport, now, op.Secret, NewReplay(r.limits.Replay), settings, maxFPS)
 	if op.Kick != nil {
 		s.owner, s.kick = 1, op.Kick
 	}
 	if err := r.add(s); err != nil {
-		cancel(err)
+		s.cancel(err)
 		return nil, err
 	}
 	err = r.places.Take(ctx, op.Principal.User.ID, id, op.Principal.User.MaxConnections)
@@ -278,6 +263,29 @@ func (r *Registry) Open(ctx context.Context, op OpenParams) (*Stream, error) {
 	}
 	close(s.opened)
 	return s, nil
+}
+
+// newStream returns a stream of the registry, not yet admitted (add): id of p's,
+// over transport, started at started, with its ring and settings.
+func (r *Registry) newStream(id string, p *storage.Principal, transport string, started time.Time, secret [32]byte,
+	ring *Replay, settings Settings, maxFPS int) *Stream {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	s := &Stream{
+		ID: id, Principal: p, Transport: transport, Started: started, Secret: secret,
+		reg: r, limits: r.limits, ring: ring, ctx: ctx, cancel: cancel,
+		ended:    make(chan struct{}),
+		opened:   make(chan struct{}),
+		idle:     r.limits.IdleExpiry,
+		freed:    make(chan struct{}),
+		settings: settings,
+		maxFPS:   maxFPS,
+		limiter:  ratelimit.NewWindow(settings.FPS, r.limits.Window),
+		lastUse:  r.now(),
+	}
+	if transport == storage.TransportWS {
+		s.idle = r.limits.ResumeWindow // a WebSocket waits for a resume
+	}
+	return s
 }
 
 // add admits s into the registry, under this replica's caps. From then on
