@@ -659,3 +659,29 @@ func TestPprof(t *testing.T) {
 		t.Fatalf("profile: %d %.200s", resp.StatusCode, b)
 	}
 }
+
+// TestAdvertiseURL: --advertise-url is checked, and without it the listening
+// address is advertised, with the host's name when it listens on every address.
+func TestAdvertiseURL(t *testing.T) {
+	host, _ := os.Hostname()
+	cases := []struct {
+		flag, addr, want, err string
+	}{
+		{"http://10.0.0.11:8080/", "127.0.0.1:1", "http://10.0.0.11:8080", ""},
+		{"https://r1.internal", "127.0.0.1:1", "https://r1.internal", ""},
+		{"ftp://r1:21", "127.0.0.1:1", "", "want http://host:port"},
+		{"r1:8080", "127.0.0.1:1", "", "want http://host:port"},
+		{"", "127.0.0.1:8081", "http://127.0.0.1:8081", ""},
+		{"", "[::]:8081", "http://" + net.JoinHostPort(host, "8081"), ""},
+	}
+	for _, tc := range cases {
+		addr, err := net.ResolveTCPAddr("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := advertiseURL(tc.flag, addr)
+		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("advertiseURL(%q, %s) = %q, %v; want %q, %q", tc.flag, tc.addr, got, err, tc.want, tc.err)
+		}
+	}
+}

@@ -418,6 +418,14 @@ func TestReplicas(t *testing.T) {
 		sse.frame(t, a, dog, 1)
 		sse.result(t, 1)
 		results.add(sse.id, 1)
+		// A client claiming answers far beyond what the stream read is refused a
+		// takeover (gap: a fresh stream instead), which leaves the stream
+		// resumable by a truthful one.
+		bad, ready := dialStream(t, ctx, wsURL(a, "resume="+st.id+"&last_seq=5000"), key)
+		if ready["resumed"] != false || ready["resume_error"] != "gap" || bad.id == st.id {
+			t.Fatalf("resume with a last_seq the stream never reached: %v", ready)
+		}
+		bad.c.Close(websocket.StatusNormalClosure, "")
 		// a takes the stream over from the shared store, having read only seq 1.
 		st2, ready := dialStream(t, ctx, wsURL(a, "resume="+st.id+"&last_seq=1"), key)
 		if ready["resumed"] != true || ready["received_seq"] != 3.0 {
