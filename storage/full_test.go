@@ -162,4 +162,3 @@ func TestWriterFailureLogThrottled(t *testing.T) {
 		})
 	}
 }
-
