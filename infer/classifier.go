@@ -82,6 +82,21 @@ type Options struct {
 	// JPEG, or every JPEG in a build without libjpeg-turbo) is treated as without
 	// it.
 	DecodeJPEG func(data []byte, minW, minH int) (image.Image, error)
+	// DecodeJPEGInto, if set, takes the place of DecodeJPEG and Preprocess.Fill
+	// for JPEG together: it decodes data to the size DecodeJPEG would (at least
+	// minW x minH pixels, or full size), calls resample with the decoded size,
+	// and writes the image into dst (the input of one image) as the Resampling
+	// returned says, a row at a time as it decodes, with no image in between; a
+	// nil Resampling means the size is refused (larger than the header
+	// declares), and DecodeJPEGInto then returns an error. It is called on the
+	// same terms as DecodeJPEG, with the same memory estimate, and its errors
+	// mean what DecodeJPEG's do: any other error makes the worker decode the
+	// image again with image/jpeg and Fill dst from it. jpegturbo.DecodeInto
+	// writes exactly what Fill writes for jpegturbo.Decode's image, at well
+	// under the cost of both (jpegturbo's BenchmarkPrepare: 0.38 against 0.89
+	// ms for a 224x224 frame). Result.PreprocessMS is then 0: DecodeMS counts
+	// both.
+	DecodeJPEGInto func(dst []float32, data []byte, minW, minH int, resample func(w, h int) *Resampling) error
 
 	now func() time.Time // the clock; nil means time.Now (tests set it)
 }
@@ -253,9 +268,9 @@ func New(backends []Backend, labels []string, opt Options) (*Classifier, error) 
 		mem:      newMemory(opt.DecodeMemory),
 		now:      opt.now,
 	}
-	if opt.DecodeJPEG != nil {
+	if opt.DecodeJPEG != nil || opt.DecodeJPEGInto != nil {
 		minW, minH := opt.Preprocess.minSource(info.Width, info.Height)
-		c.jpeg = &scaledJPEG{decode: opt.DecodeJPEG, minW: minW, minH: minH}
+		c.jpeg = &scaledJPEG{decode: opt.DecodeJPEG, into: opt.DecodeJPEGInto, minW: minW, minH: minH}
 	}
 	switch n := in.Shape[0]; {
 	case n <= 0:
@@ -518,6 +533,18 @@ func (c *Classifier) prepare(j *job, dst []float32) (err error) {
 		},
 		extra: func(w, h int64) int64 { return fillBytes(w, h, c.info.Width, c.info.Height) },
 	}
+	if c.jpeg != nil && c.jpeg.into != nil {
+		s := scratchPool.Get().(*scratch)
+		defer scratchPool.Put(s)
+		opt.into = func(data []byte, maxW, maxH int) error {
+			return c.jpeg.into(dst, data, c.jpeg.minW, c.jpeg.minH, func(w, h int) *Resampling {
+				if w <= 0 || h <= 0 || w > maxW || h > maxH {
+					return nil
+				}
+				return c.opt.Preprocess.resampling(s, w, h, c.info.Layout, c.info.Width, c.info.Height)
+			})
+		}
+	}
 	t0 := c.now()
 	d, err := decode(j.image, c.opt.Limits, codecs[:], opt)
 	if err != nil {
@@ -525,10 +552,15 @@ func (c *Classifier) prepare(j *job, dst []float32) (err error) {
 	}
 	defer d.release()
 	t1 := c.now()
-	c.opt.Preprocess.Fill(dst, d.img, c.info.Layout, c.info.Width, c.info.Height)
+	if !d.filled {
+		c.opt.Preprocess.Fill(dst, d.img, c.info.Layout, c.info.Width, c.info.Height)
+	}
 	j.res.Width, j.res.Height, j.res.Format, j.res.Decoder = d.width, d.height, d.format, d.decoder
 	j.res.QueueMS += ms(waited)
-	j.res.DecodeMS, j.res.PreprocessMS = ms(t1.Sub(t0)-waited), ms(c.now().Sub(t1))
+	j.res.DecodeMS = ms(t1.Sub(t0) - waited)
+	if !d.filled {
+		j.res.PreprocessMS = ms(c.now().Sub(t1))
+	}
 	return nil
 }
 

@@ -66,11 +66,16 @@ func Decode(data []byte, lim Limits) (img image.Image, format string, err error)
 // needs.
 type scaledJPEG struct {
 	decode     func(data []byte, minW, minH int) (image.Image, error)
+	into       func(dst []float32, data []byte, minW, minH int, resample func(w, h int) *Resampling) error
 	minW, minH int
 }
 
-// decodeJPEGName is Result.Decoder for an image that Options.DecodeJPEG decoded.
-const decodeJPEGName = "Options.DecodeJPEG"
+// Result.Decoder for an image that Options.DecodeJPEG or Options.DecodeJPEGInto
+// decoded.
+const (
+	decodeJPEGName     = "Options.DecodeJPEG"
+	decodeJPEGIntoName = "Options.DecodeJPEGInto"
+)
 
 // corrupter is implemented by the errors of an Options.DecodeJPEG that can tell
 // damaged data from data it merely cannot handle, such as jpegturbo.Error.
@@ -91,6 +96,10 @@ type decodeOptions struct {
 	// extra is the memory the caller needs besides the decoder's for an image
 	// of w x h pixels: the preprocessing's.
 	extra func(w, h int64) int64
+	// into, if set with scaled.into, decodes a JPEG straight into the
+	// caller's input tensor (Options.DecodeJPEGInto), refusing an image
+	// larger than maxW x maxH; decode then returns no image, and filled.
+	into func(data []byte, maxW, maxH int) error
 }
 
 func noRelease() {}
@@ -103,6 +112,9 @@ type decoded struct {
 	// width and height are those of the image, as the header declares them
 	// when scaled has decoded it smaller, else img's.
 	width, height int
+	// filled is set, and img nil, when decodeOptions.into has written the
+	// image into the caller's tensor.
+	filled bool
 	// release gives back what decodeOptions.hold took; the caller calls it
 	// once it no longer uses img.
 	release func()
@@ -180,7 +192,15 @@ func decode(data []byte, lim Limits, codecs []codec, opt decodeOptions) (d decod
 		if err := take(need); err != nil {
 			return decoded{}, err
 		}
-		img, err := opt.scaled.decode(data, opt.scaled.minW, opt.scaled.minH)
+		var img image.Image
+		if opt.into != nil && opt.scaled.into != nil {
+			err = opt.into(data, cfg.Width, cfg.Height)
+			if err == nil {
+				return decoded{format: f.name, decoder: decodeJPEGIntoName, width: cfg.Width, height: cfg.Height, filled: true, release: held}, nil
+			}
+		} else if opt.scaled.decode != nil {
+			img, err = opt.scaled.decode(data, opt.scaled.minW, opt.scaled.minH)
+		}
 		var (
 			c corrupter
 			o overLimiter
@@ -193,7 +213,7 @@ func decode(data []byte, lim Limits, codecs []codec, opt decodeOptions) (d decod
 				break
 			}
 			if b := img.Bounds(); !b.Empty() && b.Dx() <= cfg.Width && b.Dy() <= cfg.Height {
-				return decoded{img, f.name, decodeJPEGName, cfg.Width, cfg.Height, held}, nil
+				return decoded{img, f.name, decodeJPEGName, cfg.Width, cfg.Height, false, held}, nil
 			}
 		case errors.As(err, &c) && c.Corrupt():
 			return decoded{}, fmt.Errorf("%w: malformed %s data (%s)", ErrInvalidImage, f.title, safeText(err.Error()))
@@ -226,7 +246,7 @@ func decode(data []byte, lim Limits, codecs []codec, opt decodeOptions) (d decod
 	if err := checkPixels(b.Dx(), b.Dy(), lim.MaxPixels); err != nil {
 		return decoded{}, err
 	}
-	return decoded{img, f.name, f.pkg, b.Dx(), b.Dy(), held}, nil
+	return decoded{img, f.name, f.pkg, b.Dx(), b.Dy(), false, held}, nil
 }
 
 // checkScans refuses a JPEG whose scans are over the limits.

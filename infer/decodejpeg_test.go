@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image"
 	"math"
+	"slices"
 	"sync"
 	"testing"
 
@@ -67,6 +68,53 @@ func TestClassifyDecodeJPEG(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// TestClassifyDecodeJPEGInto checks that decoding into the input
+// (Options.DecodeJPEGInto, jpegturbo.DecodeInto) changes nothing but the cost:
+// every photo gets exactly the probabilities of DecodeJPEG and Fill, in both
+// resize modes; a PNG is unaffected, and a JPEG that libjpeg-turbo cannot read
+// (CMYK) falls back to image/jpeg.
+func TestClassifyDecodeJPEGInto(t *testing.T) {
+	needTurbo(t)
+	for _, resize := range []string{"shorter", "stretch"} {
+		t.Run(resize, func(t *testing.T) {
+			p := infer.Preprocess{Resize: resize}
+			turbo := mobileNet(t, 1, infer.Options{Preprocess: p, DecodeJPEG: jpegturbo.Decode})
+			into := mobileNet(t, 1, infer.Options{Preprocess: p, DecodeJPEGInto: jpegturbo.DecodeInto})
+			for _, name := range photos {
+				data := testenv.ReadImage(t, name)
+				want, got := classifyAll(t, turbo, data), classifyAll(t, into, data)
+				if got.Decoder != "Options.DecodeJPEGInto" || got.PreprocessMS != 0 || got.DecodeMS <= 0 {
+					t.Errorf("%s: decoder %q, decode %v ms, preprocess %v ms; want Options.DecodeJPEGInto, > 0, 0",
+						name, got.Decoder, got.DecodeMS, got.PreprocessMS)
+				}
+				if got.Width != want.Width || got.Height != want.Height || got.Format != "jpeg" {
+					t.Errorf("%s: %s %dx%d, want jpeg %dx%d", name, got.Format, got.Width, got.Height, want.Width, want.Height)
+				}
+				if !slices.Equal(got.Predictions, want.Predictions) {
+					t.Errorf("%s: predictions differ from DecodeJPEG's (distance %g)", name, distance(want, got))
+				}
+				t.Logf("%s: top-1 %s %.4f; decode %.2f ms, DecodeJPEG %.2f + %.2f ms", name, got.Predictions[0].Label,
+					got.Predictions[0].Confidence, got.DecodeMS, want.DecodeMS, want.PreprocessMS)
+			}
+		})
+	}
+	into := mobileNet(t, 1, infer.Options{DecodeJPEGInto: jpegturbo.DecodeInto})
+	cmyk := [][2]int{{1, 1}, {1, 1}, {1, 1}, {1, 1}}
+	for _, tt := range []struct {
+		name    string
+		data    []byte
+		decoder string
+	}{
+		{"tiny.png", readTestdata(t, "tiny.png"), "image/png"},
+		{"CMYK JPEG", testenv.FlatJPEG(64, 48, cmyk, []testenv.JPEGScan{{Comps: []int{0, 1, 2, 3}}}), "image/jpeg"},
+	} {
+		res, err := into.Classify(context.Background(), tt.data, 5)
+		if err != nil || res.Decoder != tt.decoder || res.PreprocessMS <= 0 {
+			t.Errorf("%s: %v, %v; want decoded by %s and preprocessed", tt.name, res, err, tt.decoder)
+		}
 	}
 }
 

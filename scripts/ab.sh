@@ -13,7 +13,8 @@
 # with REV_A = REV_B, to measure a flag), and their databases from A_DB and B_DB
 # (default a SQLite file each; a postgres:// URL names an existing database, e.g.
 # B_DB=postgres://... B_FLAGS="--redis redis://127.0.0.1:6379/0" to measure the
-# shared store). Both run at once, so the idle one costs a
+# shared store), and environment variables from A_ENV and B_ENV (e.g.
+# B_ENV="GOMAXPROCS=4"). Both run at once, so the idle one costs a
 # little; the machine should otherwise be idle (the script says when it is not).
 # Examples:
 #   scripts/ab.sh 3d61229 . -- --mode ws-binary --clients 8 --depth 4 --size 224x224
@@ -74,7 +75,9 @@ for side in a b; do
 	flags=A_FLAGS
 	[ $side = b ] && flags=B_FLAGS
 	# shellcheck disable=SC2086 # the flags are a list
-	"$tmp/infergate-$side" serve --db "$db" --addr 127.0.0.1:$port ${!flags:-} >"$tmp/$side.log" 2>&1 &
+	envs=A_ENV
+	[ $side = b ] && envs=B_ENV
+	env ${!envs:-} "$tmp/infergate-$side" serve --db "$db" --addr 127.0.0.1:$port ${!flags:-} >"$tmp/$side.log" 2>&1 &
 	pid[$side]=$!
 	pids+=("${pid[$side]}")
 	url[$side]=http://127.0.0.1:$port
@@ -87,7 +90,7 @@ for side in a b; do
 	done
 done
 
-echo "A = $rev_a ${A_FLAGS:-}; B = $rev_b ${B_FLAGS:-}; loadgen $*; $rounds rounds of $duration"
+echo "A = $rev_a ${A_ENV:-} ${A_FLAGS:-}; B = $rev_b ${B_ENV:-} ${B_FLAGS:-}; loadgen $*; $rounds rounds of $duration"
 for r in $(seq 1 "$rounds"); do
 	for side in a b; do
 		INFERGATE_API_KEY=${key[$side]} INFERGATE_LIGHT_KEY=${light[$side]} "$tmp/loadgen" --url "${url[$side]}" \

@@ -345,7 +345,9 @@ func (m *Main) loadModel() (*infer.Classifier, error) {
 		Limits:        lim,
 		DecodeMemory:  c.decodeMemory,
 		Preprocess:    infer.Preprocess{Mean: mean, Std: std, Resize: c.resize},
-		DecodeJPEG:    turbo.Decode, // falls back to image/jpeg on what it cannot read
+		// Decoded and resampled in one pass, a row at a time; falls back to
+		// image/jpeg on what it cannot read.
+		DecodeJPEGInto: turbo.DecodeInto,
 	})
 	if err != nil {
 		for _, b := range backends {
@@ -354,7 +356,7 @@ func (m *Main) loadModel() (*infer.Classifier, error) {
 		return nil, fmt.Errorf("model %s: %w", c.model, err)
 	}
 	if v := jpegturbo.Version(); v != "" {
-		m.log.Info("JPEG decoder", "decoder", v+", scaled to the model input", "fallback", "image/jpeg")
+		m.log.Info("JPEG decoder", "decoder", v+", scaled to the model input and resampled as it decodes", "fallback", "image/jpeg")
 	} else {
 		m.log.Info("JPEG decoder", "decoder", "image/jpeg", "why", "built without libjpeg-turbo (no cgo, or -tags nojpegturbo)")
 	}

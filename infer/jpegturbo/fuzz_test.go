@@ -10,12 +10,15 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/infergate/infergate/infer"
 	"github.com/infergate/infergate/internal/testenv"
 )
 
-// FuzzTurboDecode checks that no input makes Decode crash the process (libjpeg
-// would exit on an error if its handler were not replaced), and that it returns
-// an image of a sane size or an *Error.
+// FuzzTurboDecode checks that no input makes Decode or DecodeInto crash the
+// process (libjpeg would exit on an error if its handler were not replaced),
+// that Decode returns an image of a sane size or an *Error, and that DecodeInto
+// fails as Decode does or writes what infer.Preprocess.Fill writes for Decode's
+// image (to a small input, 7x5, so that both resampling filters are met).
 func FuzzTurboDecode(f *testing.F) {
 	files, err := filepath.Glob(filepath.Join("..", "testdata", "*"))
 	if err != nil {
@@ -37,11 +40,30 @@ func FuzzTurboDecode(f *testing.F) {
 		// A small pixel limit keeps the fuzzer's memory down.
 		const maxPixels = 1 << 20
 		img, err := Decoder{}.decode(data, int(minW), int(minH), maxPixels)
+		const w, h = 7, 5
+		p := infer.Preprocess{}
+		got := make([]float32, 3*w*h)
+		errInto := Decoder{}.decodeInto(got, data, int(minW), int(minH), maxPixels, func(sw, sh int) *infer.Resampling {
+			return p.Resampling(sw, sh, infer.NCHW, w, h)
+		})
 		if err != nil {
 			if _, ok := err.(*Error); !ok || img != nil {
 				t.Fatalf("Decode = %v, %T %v; want no image and an *Error", img, err, err)
 			}
+			if e, ok := errInto.(*Error); !ok || e.Corrupt() != err.(*Error).Corrupt() {
+				t.Fatalf("Decode: %v; DecodeInto: %v, want an *Error as corrupt", err, errInto)
+			}
 			return
+		}
+		if errInto != nil {
+			t.Fatalf("Decode succeeded, DecodeInto: %v", errInto)
+		}
+		want := make([]float32, 3*w*h)
+		p.Fill(want, img, infer.NCHW, w, h)
+		for i := range want {
+			if d := got[i] - want[i]; d > 1e-5 || d < -1e-5 {
+				t.Fatalf("DecodeInto wrote %v at %d, Fill %v", got[i], i, want[i])
+			}
 		}
 		var b image.Rectangle
 		switch m := img.(type) {

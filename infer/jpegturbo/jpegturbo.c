@@ -10,6 +10,14 @@
 
 #include "jpegturbo.h"
 
+// jt_decode_into must round every product before adding it, as Go does on amd64
+// (infer.Resampling): no fused multiply-add, whatever -march allows.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #ifndef JCS_EXTENSIONS
 #error "package jpegturbo needs libjpeg-turbo (JCS_EXT_RGBA): install libjpeg62-turbo-dev, or build with -tags nojpegturbo"
 #endif
@@ -202,54 +210,279 @@ void jt_header(const unsigned char *data, size_t size, int min_w, int min_h,
 	jpeg_destroy_decompress(&cinfo);
 }
 
-void jt_decode(const unsigned char *data, size_t size, int scale, int gray,
-	int width, int height, unsigned char *pix, size_t stride, const jt_limits *lim, jt_result *r) {
+// jt_dec is the state of one decode: libjpeg's, its error manager and its
+// progress monitor.
+typedef struct {
 	struct jpeg_decompress_struct cinfo;
 	jt_error err;
 	jt_progress progress;
+} jt_dec;
+
+// dec_init prepares d for a decode within lim, reporting into r. The caller
+// then calls setjmp(d->err.jump) and dec_begin.
+static void dec_init(jt_dec *d, const jt_limits *lim, jt_result *r) {
 	memset(r, 0, sizeof *r);
-	memset(&cinfo, 0, sizeof cinfo);
-	memset(&progress, 0, sizeof progress);
-	init_error(&err, r);
-	cinfo.err = &err.pub;
-	progress.pub.progress_monitor = on_progress;
-	progress.max_scans = lim->max_scans;
-	progress.max_ms = lim->max_ms;
-	clock_gettime(CLOCK_MONOTONIC, &progress.start);
-	if (setjmp(err.jump)) {
-		jpeg_destroy_decompress(&cinfo);
-		return;
-	}
-	jpeg_create_decompress(&cinfo);
+	memset(d, 0, sizeof *d);
+	init_error(&d->err, r);
+	d->cinfo.err = &d->err.pub;
+	d->progress.pub.progress_monitor = on_progress;
+	d->progress.max_scans = lim->max_scans;
+	d->progress.max_ms = lim->max_ms;
+	clock_gettime(CLOCK_MONOTONIC, &d->progress.start);
+}
+
+// dec_begin reads the header and starts decompressing at scale/8 to the colour
+// space out (for a colour JPEG), checking that the output is what jt_header
+// found: width x height, with components components.
+static void dec_begin(jt_dec *d, const unsigned char *data, size_t size, int scale, int gray,
+	J_COLOR_SPACE out, int components, int width, int height, const jt_limits *lim) {
+	j_decompress_ptr cinfo = &d->cinfo;
+	jpeg_create_decompress(cinfo);
 	// Set before any large allocation: the whole-image coefficient buffer of
 	// a progressive JPEG is allocated in jpeg_start_decompress, and refused
 	// (JERR_NO_BACKING_STORE) when larger than what is left of this.
 	if (lim->max_memory > 0) {
-		cinfo.mem->max_memory_to_use = (long)lim->max_memory;
+		cinfo->mem->max_memory_to_use = (long)lim->max_memory;
 	}
-	cinfo.progress = &progress.pub;
-	start(&cinfo, data, size);
-	cinfo.scale_num = scale;
-	err.phase = PHASE_PIXELS;
-	jpeg_start_decompress(&cinfo);
-	if ((int)cinfo.output_width != width || (int)cinfo.output_height != height ||
-		cinfo.output_components != (gray ? 1 : 4)) {
-		failf((j_common_ptr)&cinfo, r, "output differs from the header's");
+	cinfo->progress = &d->progress.pub;
+	start(cinfo, data, size);
+	if (!gray) {
+		cinfo->out_color_space = out;
 	}
+	cinfo->scale_num = scale;
+	d->err.phase = PHASE_PIXELS;
+	jpeg_start_decompress(cinfo);
+	if ((int)cinfo->output_width != width || (int)cinfo->output_height != height ||
+		cinfo->output_components != (gray ? 1 : components)) {
+		failf((j_common_ptr)cinfo, d->err.r, "output differs from the header's");
+	}
+}
+
+// dec_end reads what follows the last scan (so that data cut there is refused)
+// and frees libjpeg's state.
+static void dec_end(jt_dec *d) {
+	d->err.phase = PHASE_FINISH;
+	jpeg_finish_decompress(&d->cinfo);
+	jpeg_destroy_decompress(&d->cinfo);
+}
+
+void jt_decode(const unsigned char *data, size_t size, int scale, int gray,
+	int width, int height, unsigned char *pix, size_t stride, const jt_limits *lim, jt_result *r) {
+	jt_dec d;
+	dec_init(&d, lim, r);
+	if (setjmp(d.err.jump)) {
+		jpeg_destroy_decompress(&d.cinfo);
+		return;
+	}
+	dec_begin(&d, data, size, scale, gray, JCS_EXT_RGBA, 4, width, height, lim);
+	j_decompress_ptr cinfo = &d.cinfo;
 	JSAMPROW rows[32];
-	while (cinfo.output_scanline < cinfo.output_height) {
-		JDIMENSION n = cinfo.output_height - cinfo.output_scanline;
+	while (cinfo->output_scanline < cinfo->output_height) {
+		JDIMENSION n = cinfo->output_height - cinfo->output_scanline;
 		if (n > sizeof rows / sizeof rows[0]) {
 			n = sizeof rows / sizeof rows[0];
 		}
 		for (JDIMENSION i = 0; i < n; i++) {
-			rows[i] = pix + (size_t)(cinfo.output_scanline + i) * stride;
+			rows[i] = pix + (size_t)(cinfo->output_scanline + i) * stride;
 		}
-		if (jpeg_read_scanlines(&cinfo, rows, n) == 0) {
-			failf((j_common_ptr)&cinfo, r, "no progress reading scanlines");
+		if (jpeg_read_scanlines(cinfo, rows, n) == 0) {
+			failf((j_common_ptr)cinfo, r, "no progress reading scanlines");
 		}
 	}
-	err.phase = PHASE_FINISH;
-	jpeg_finish_decompress(&cinfo);
-	jpeg_destroy_decompress(&cinfo);
+	dec_end(&d);
+}
+
+// check_taps reports whether one axis of a resampling is sound: n outputs, each
+// with at least one tap, every index within [0, size).
+static int check_taps(const int *start, const int *idx, int n, int size) {
+	if (start[0] != 0) {
+		return 0;
+	}
+	for (int i = 0; i < n; i++) {
+		if (start[i + 1] <= start[i]) {
+			return 0;
+		}
+	}
+	for (int t = 0; t < start[n]; t++) {
+		if (idx[t] < 0 || idx[t] >= size) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+// jt_hfilter is the horizontal pass of a resampling, prepared once per call:
+// the taps of every output column, and, when no column has more than two (the
+// bilinear filter, whenever the image is not shrunk more than 2x across), the
+// same taps as two flat arrays, so that the loop has no inner loop. A column
+// with one tap gets a second one of weight 0 on the same pixel: adding +0 to a
+// sum of non-negative terms changes nothing, so the result is the same to the
+// bit.
+typedef struct {
+	const jt_resample *rs;
+	int two;           // every column has one or two taps: use i0, w0, i1, w1
+	int *i0, *i1;      // source pixel of each column's taps, times the channels
+	float *w0, *w1;
+	float *src;        // the decoded row, as floats
+} jt_hfilter;
+
+static void hfilter_init(j_common_ptr c, jt_hfilter *h, const jt_resample *rs, int width, int ch) {
+	h->rs = rs;
+	h->two = 1;
+	for (int i = 0; i < rs->width; i++) {
+		if (rs->xstart[i + 1] - rs->xstart[i] > 2) {
+			h->two = 0;
+		}
+	}
+	h->src = (float *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, (size_t)width * ch * sizeof(float));
+	if (!h->two) {
+		return;
+	}
+	size_t n = (size_t)rs->width;
+	h->i0 = (int *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, n * sizeof(int));
+	h->i1 = (int *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, n * sizeof(int));
+	h->w0 = (float *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, n * sizeof(float));
+	h->w1 = (float *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, n * sizeof(float));
+	for (int i = 0; i < rs->width; i++) {
+		int t = rs->xstart[i];
+		h->i0[i] = rs->xidx[t] * ch;
+		h->w0[i] = rs->xw[t];
+		if (rs->xstart[i + 1] - t == 2) {
+			h->i1[i] = rs->xidx[t + 1] * ch;
+			h->w1[i] = rs->xw[t + 1];
+		} else {
+			h->i1[i] = h->i0[i];
+			h->w1[i] = 0;
+		}
+	}
+}
+
+// hfilter writes a decoded row of ch channels (1 or 3), filtered horizontally,
+// to dst as ch planes of rs->width floats: each value a sum of taps from zero,
+// as infer's rowRGBA and rowGray add them.
+static void hfilter(jt_hfilter *h, float *restrict dst, const unsigned char *restrict row, int width, int ch) {
+	const jt_resample *rs = h->rs;
+	const int W = rs->width;
+	float *restrict f = h->src;
+	for (int j = 0; j < width * ch; j++) {
+		f[j] = (float)row[j];
+	}
+	if (h->two) {
+		const int *i0 = h->i0, *i1 = h->i1;
+		const float *w0 = h->w0, *w1 = h->w1;
+		for (int c = 0; c < ch; c++) {
+			float *restrict out = dst + (size_t)c * W;
+			const float *fc = f + c;
+			for (int i = 0; i < W; i++) {
+				out[i] = w0[i] * fc[i0[i]] + w1[i] * fc[i1[i]];
+			}
+		}
+		return;
+	}
+	const int *start = rs->xstart, *idx = rs->xidx;
+	const float *w = rs->xw;
+	for (int c = 0; c < ch; c++) {
+		float *restrict out = dst + (size_t)c * W;
+		for (int i = 0; i < W; i++) {
+			float v = 0;
+			for (int t = start[i]; t < start[i + 1]; t++) {
+				v += w[t] * f[idx[t] * ch + c];
+			}
+			out[i] = v;
+		}
+	}
+}
+
+void jt_decode_into(const unsigned char *data, size_t size, int scale, int gray,
+	int width, int height, const jt_resample *rs, float *dst, const jt_limits *lim, jt_result *r) {
+	jt_dec d;
+	dec_init(&d, lim, r);
+	if (setjmp(d.err.jump)) {
+		jpeg_destroy_decompress(&d.cinfo);
+		return;
+	}
+	dec_begin(&d, data, size, scale, gray, JCS_EXT_RGB, 3, width, height, lim);
+	j_decompress_ptr cinfo = &d.cinfo;
+	j_common_ptr c = (j_common_ptr)cinfo;
+	const int W = rs->width, H = rs->height;
+	if (W <= 0 || H <= 0 || rs->ymax_taps <= 0 || !check_taps(rs->xstart, rs->xidx, W, width) ||
+		!check_taps(rs->ystart, rs->yidx, H, height)) {
+		failf(c, r, "resampling does not fit the decoded image");
+	}
+	const int ch = gray ? 1 : 3;
+	const size_t ncols = (size_t)W * ch; // floats per filtered row: ch planes of W
+	const int slots = rs->ymax_taps + 1;
+	float *ring = (float *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, (size_t)slots * ncols * sizeof(float));
+	float *acc = (float *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, (size_t)W * sizeof(float));
+	int *tag = (int *)(*c->mem->alloc_small)(c, JPOOL_IMAGE, (size_t)slots * sizeof(int));
+	unsigned char *need = (unsigned char *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, (size_t)height);
+	JSAMPARRAY rows = (*c->mem->alloc_sarray)(c, JPOOL_IMAGE, (JDIMENSION)width * ch, 16);
+	jt_hfilter hf;
+	hfilter_init(c, &hf, rs, width, ch);
+	for (int s = 0; s < slots; s++) {
+		tag[s] = -1;
+	}
+	memset(need, 0, (size_t)height);
+	for (int t = 0; t < rs->ystart[H]; t++) {
+		need[rs->yidx[t]] = 1;
+	}
+
+	const size_t plane = (size_t)W * H;
+	int oy = 0; // the next output row
+	while (cinfo->output_scanline < cinfo->output_height) {
+		int y0 = (int)cinfo->output_scanline;
+		JDIMENSION n = jpeg_read_scanlines(cinfo, rows, 16);
+		if (n == 0) {
+			failf(c, r, "no progress reading scanlines");
+		}
+		for (int i = 0; i < (int)n; i++) {
+			int y = y0 + i;
+			if (!need[y]) {
+				continue;
+			}
+			hfilter(&hf, ring + (size_t)(y % slots) * ncols, rows[i], width, ch);
+			tag[y % slots] = y;
+			// Every output row whose last source row this is: its rows are
+			// consecutive, at most ymax_taps of them, all still in the ring.
+			for (; oy < H && rs->yidx[rs->ystart[oy + 1] - 1] <= y; oy++) {
+				for (int t = rs->ystart[oy]; t < rs->ystart[oy + 1]; t++) {
+					int sy = rs->yidx[t];
+					if (tag[sy % slots] != sy) {
+						failf(c, r, "resampling rows are not ascending and consecutive");
+					}
+				}
+				for (int k = 0; k < 3; k++) {
+					// Plane k of the output: plane k of the filtered rows,
+					// or their one plane for grey.
+					size_t from = ch == 1 ? 0 : (size_t)k * W;
+					for (int j = 0; j < W; j++) {
+						acc[j] = 0;
+					}
+					for (int t = rs->ystart[oy]; t < rs->ystart[oy + 1]; t++) {
+						const float *restrict src = ring + (size_t)(rs->yidx[t] % slots) * ncols + from;
+						float w = rs->yw[t];
+						for (int j = 0; j < W; j++) {
+							acc[j] += w * src[j];
+						}
+					}
+					float kk = rs->k[k], bb = rs->b[k];
+					if (rs->planar) {
+						float *restrict out = dst + (size_t)k * plane + (size_t)oy * W;
+						for (int j = 0; j < W; j++) {
+							out[j] = acc[j] * kk + bb;
+						}
+					} else {
+						float *restrict out = dst + (size_t)oy * W * 3 + k;
+						for (int j = 0; j < W; j++) {
+							out[3 * j] = acc[j] * kk + bb;
+						}
+					}
+				}
+			}
+		}
+	}
+	if (oy != H) {
+		failf(c, r, "resampling rows past the image");
+	}
+	dec_end(&d);
 }
