@@ -10,13 +10,16 @@
 #      create a key with limits high enough not to get in the way;
 #   3. ortbench, while the server is idle;
 #   4. loadgen: ws-binary and ws-text x 1 and 8 clients x 224x224 and 640x480 frames
-#      (depth DEPTH), post with 1 and 8 clients (the original photo), sse with 1
-#      client (224x224, depth DEPTH);
+#      (depth DEPTH); one client one frame at a time (ws-text and post, 224x224);
+#      post with 1 and 8 clients (the original photo), 8 clients 640x480; sse with 1
+#      client (224x224, depth DEPTH); then ortbench and POST 640x480 x 8 clients on
+#      the ResNet-18-sized model (RESNET_MODEL), in a table of their own;
 #   5. the scenarios (SCENARIOS), on a fresh server started with --max-streams raised
 #      to STREAMS + 64 and keys allowing that many connections: idle first (while the
 #      server has not yet grown its heap under load, so that its RSS growth is the
 #      streams'), then burst, burst-post and fairness;
-#   6. the tables, on stdout and in OUT/table.md; every run's JSON, ortbench's and the
+#   6. the tables, on stdout and in OUT/table.md, with issue 11's goals checked;
+#      every run's JSON, ortbench's and the
 #      servers' logs stay in OUT. A goal missed is information, not a failure.
 #
 # Environment (all optional):
@@ -36,6 +39,9 @@
 #   STREAMS       streams of the idle and burst scenarios, POSTs of burst-post
 #                 (default 2000); the open-file limit (ulimit -Hn) must allow them
 #   THROUGHPUT    0 skips ortbench and the throughput rows (only the scenarios)
+#   RESNET_MODEL  the ResNet-18-sized model of the second table (default
+#                 assets/models/resnet18-untrained.onnx; empty skips it): ortbench on
+#                 it, then POST 640x480 from 8 clients to a server running it
 #   DB            the server's --db (default a SQLite file in a temporary folder): a
 #                 postgres:// URL measures the server on PostgreSQL (the database must
 #                 exist; this run's users have names of their own, bench-<time>@local)
@@ -62,6 +68,7 @@ QUIET_WAIT=${QUIET_WAIT:-5}
 SCENARIOS=${SCENARIOS-idle burst burst-post fairness}
 STREAMS=${STREAMS:-2000}
 THROUGHPUT=${THROUGHPUT:-1}
+RESNET_MODEL=${RESNET_MODEL-assets/models/resnet18-untrained.onnx}
 ORT_LIB=${ORT_LIB:-third_party/onnxruntime/lib/libonnxruntime.so.1.24.1}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-out/bench/$stamp}
@@ -213,18 +220,23 @@ start_server() { # start_server LOG-NAME EXTRA-FLAGS...: sets server_pid, server
 [ "$THROUGHPUT" = 0 ] || start_server server.log
 
 # 3. Raw ONNX Runtime, with the server idle.
-ort_json="$OUT/ortbench.json"
+# ortbench_run MODEL JSON: ortbench on MODEL into JSON; sets ort_note to the CPU it
+# and the other processes used.
 ort_note=""
-if [ "$have_ortbench" = 1 ] && [ "$THROUGHPUT" != 0 ]; then
+ortbench_run() {
+	local model=$1 json=$2
+	ort_note=""
+	[ "$have_ortbench" = 1 ] || return 0
 	wait_quiet
-	say "ortbench ($ORT_DURATION per configuration; the server is idle)"
+	say "ortbench on $model ($ORT_DURATION per configuration; the server is idle)"
+	local m0 m1 s0 elapsed
 	m0=$(machine_busy)
 	s0=$(date +%s%N)
 	times >"$tmp/times0" # the CPU of waited-for children so far, to tell ortbench's own
-	if "$tmp/ortbench" --model "$MODEL" --ort-lib "$ORT_LIB" --duration "$ORT_DURATION" >"$ort_json" 2>"$tmp/ortbench.err"; then
+	if "$tmp/ortbench" --model "$model" --ort-lib "$ORT_LIB" --duration "$ORT_DURATION" >"$json" 2>"$tmp/ortbench.err"; then
 		times >"$tmp/times1"
 		m1=$(machine_busy)
-		[ -s "$ort_json" ] || fail "ortbench printed nothing: the table will have no ratios"
+		[ -s "$json" ] || fail "ortbench printed nothing: the table will have no ratios"
 		elapsed=$(($(date +%s%N) - s0))
 		if [ "$elapsed" -gt 0 ]; then
 			ort_note=$(awk -v m=$((m1 - m0)) -v t="$elapsed" '
@@ -239,8 +251,13 @@ if [ "$have_ortbench" = 1 ] && [ "$THROUGHPUT" != 0 ]; then
 	else
 		cat "$tmp/ortbench.err" >&2
 		fail "ortbench exited with an error (above): the table will have no ratios"
-		rm -f "$ort_json"
+		rm -f "$json"
 	fi
+}
+ort_json="$OUT/ortbench.json"
+if [ "$THROUGHPUT" != 0 ]; then
+	ortbench_run "$MODEL" "$ort_json"
+	main_ort_note=$ort_note
 fi
 
 # 4. Load runs, one after the other.
@@ -250,7 +267,7 @@ run() { # run NAME LOADGEN-FLAGS...
 	shift
 	n=$((n + 1))
 	local file
-	file=$(printf '%s/%02d-%s.json' "$OUT" "$n" "$name")
+	file=$(printf '%s/%02d-%s.json' "${run_dir:-$OUT}" "$n" "$name")
 	say "run $n: $name ($*)"
 	local rc=0
 	wait_quiet
@@ -276,10 +293,32 @@ if [ "$THROUGHPUT" != 0 ]; then
 			done
 		done
 	done
+	# One client, one frame at a time: the latency floor, against one model run.
+	run ws-text-c1-d1-224x224 --mode ws-text --clients 1 --depth 1 --size 224x224
+	run post-c1-224x224 --mode post --clients 1 --size 224x224
 	run post-c1-orig --mode post --clients 1 --size orig
 	run post-c8-orig --mode post --clients 8 --size orig
+	run post-c8-640x480 --mode post --clients 8 --size 640x480
 	run sse-c1-224x224 --mode sse --clients 1 --depth "$DEPTH" --size 224x224
 	stop_server
+fi
+
+# 4b. The ResNet-18-sized model: ortbench on it, then POST 640x480 from 8 clients,
+# in a table of its own.
+if [ "$THROUGHPUT" != 0 ] && [ -n "$RESNET_MODEL" ]; then
+	if [ -f "$RESNET_MODEL" ]; then
+		mkdir -p "$OUT/resnet"
+		ortbench_run "$RESNET_MODEL" "$OUT/resnet/ortbench.json"
+		resnet_ort_note=$ort_note
+		main_model=$MODEL
+		MODEL=$RESNET_MODEL
+		start_server server-resnet.log
+		run_dir="$OUT/resnet" run resnet-post-c8-640x480 --mode post --clients 8 --size 640x480
+		stop_server
+		MODEL=$main_model
+	else
+		fail "RESNET_MODEL=$RESNET_MODEL does not exist: no ResNet table"
+	fi
 fi
 
 # 5. The goal scenarios, on a fresh server: its RSS has not grown under load yet.
@@ -312,11 +351,20 @@ ort_flag=()
 	esac
 	printf 'Machine: %s cores, %s; %s.\n\n' "$(nproc)" \
 		"$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || echo unknown CPU)" "$(go version | cut -d' ' -f3)"
-	[ -z "$ort_note" ] || printf '%s\n\n' "$ort_note"
-	"$tmp/loadgen" report "${ort_flag[@]}" "${runs[@]}"
+	[ -z "${main_ort_note:-}" ] || printf '%s\n\n' "$main_ort_note"
+	"$tmp/loadgen" report "${ort_flag[@]}" --goals mobilenet "${runs[@]}"
 	printf '\nframes/s: successful answers per second in the window; latency: send to answer, per frame.\n'
 	printf 'Ratios: frames/s ÷ raw ONNX Runtime images/s of ortbench (best setup; best at batch 1).\n'
 	printf 'CPU in cores during the window: the server, loadgen, and every other process of the machine.\n'
+	printf 'server core-ms/frame: the server CPU per answered frame; over ORT: minus ortbench'"'"'s CPU per image (best setup).\n'
+	resnet_runs=("$OUT"/resnet/[0-9]*.json)
+	if [ -e "${resnet_runs[0]}" ]; then
+		printf '\n### ResNet-18-sized model `%s`\n\n' "$RESNET_MODEL"
+		[ -z "${resnet_ort_note:-}" ] || printf '%s\n\n' "$resnet_ort_note"
+		resnet_ort=()
+		[ -s "$OUT/resnet/ortbench.json" ] && resnet_ort=(--ort "$OUT/resnet/ortbench.json")
+		"$tmp/loadgen" report "${resnet_ort[@]}" --goals resnet "${resnet_runs[@]}"
+	fi
 	if [ -n "$SCENARIOS" ]; then
 		printf 'Goal scenarios: on a fresh server with --max-streams %s (after SERVER_FLAGS); one user holding\n' $((STREAMS + 64))
 		printf 'the streams (and the greedy clients), the light client another user; frames of 224x224.\n'

@@ -340,3 +340,52 @@ func TestORTField(t *testing.T) {
 		}
 	}
 }
+
+// TestReportSpeedGoals checks the report's arithmetic on run files written for
+// it: the server's CPU per frame, its excess over ortbench's, and issue 11's
+// goals, met and missed.
+func TestReportSpeedGoals(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ort := write("ort.json", `{"best": {"name": "side_by_side_b1", "images_per_sec": 800, "cpu_cores": 2, "core_ms_per_image": 2.5, "batch": 1},
+		"best_batch1": {"name": "side_by_side_b1", "images_per_sec": 800, "batch": 1}, "model_run_ms": 2.6}`)
+	runs := []string{
+		// 700 frames/s on 1.96 cores: 2.8 core-ms per frame, +0.30 over raw; ratio 0.875.
+		write("1.json", `{"mode": "ws-text", "clients": 8, "depth": 4, "size": "224x224", "throughput_fps": 700,
+			"latency_ms": {"n": 10, "p50": 40, "p99": 60}, "server_cpu_cores": 1.96}`),
+		// 400 frames/s on 2 cores: 5 core-ms per frame, +2.50; ratio 0.5.
+		write("2.json", `{"mode": "ws-text", "clients": 8, "depth": 4, "size": "640x480", "throughput_fps": 400,
+			"latency_ms": {"n": 10, "p50": 80, "p99": 90}, "server_cpu_cores": 2}`),
+		write("3.json", `{"mode": "post", "clients": 1, "depth": 1, "size": "224x224", "throughput_fps": 250,
+			"latency_ms": {"n": 10, "p50": 3.4, "p99": 5}, "server_cpu_cores": 0.9}`),
+	}
+	var out bytes.Buffer
+	if err := runReport(append([]string{"--ort", ort, "--goals", "mobilenet"}, runs...), &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{
+		"2.50 core-ms per image", "one model run (one thread, batch 1, alone) 2.60 ms",
+		"| 2.80 | +0.30 |", "| 5.00 | +2.50 |",
+		"| WebSocket, 8 clients, 224x224: throughput | 700 frames/s ÷ 800 img/s = 0.88 | >= 0.85 | yes |",
+		"| WebSocket, 8 clients, 640x480: throughput | 400 frames/s ÷ 800 img/s = 0.50 | >= 0.60 | no |",
+		"| WebSocket, 8 clients, 224x224: server CPU per frame | 2.80 core-ms (raw ORT 2.50, +0.30) | <= raw + 0.4 | yes |",
+		"| WebSocket, 8 clients, 640x480: server CPU per frame | 5.00 core-ms (raw ORT 2.50, +2.50) | <= raw + 1.2 | no |",
+		"| WebSocket, 1 client, one frame at a time, 224x224: latency | no such run | - | - |",
+		"| POST, 1 client, one at a time, 224x224: latency | p50 3.40 ms (model run 2.60, +0.80) | <= model run + 1.0 ms | yes |",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("report lacks %q:\n%s", want, got)
+		}
+	}
+	if err := runReport([]string{"--goals", "vgg", runs[0]}, &out, &out); err == nil {
+		t.Error("--goals vgg: no error")
+	}
+}

@@ -4,7 +4,11 @@
 // It compares two ways to spend the CPUs, each at batch 1 and batch 8: one session
 // whose operators use every CPU ("one_session", intra-op threads = NumCPU), and
 // one single-threaded session per CPU side by side ("side_by_side"). The server
-// uses the second shape: one worker per session.
+// uses the second shape: one worker per session. Each figure comes with the CPU
+// the process used, in cores and in core-milliseconds per image. A last run,
+// "single_b1", is one single-threaded session alone at batch 1: its time per
+// image (model_run_ms) is the latency floor of one request to the server with its
+// default flags.
 //
 //	go run ./cmd/ortbench --model assets/models/mobilenetv2-12-int8.onnx --duration 5s
 package main
@@ -43,7 +47,9 @@ type Run struct {
 	ThreadsPerSession int     `json:"threads_per_session"`
 	Batch             int     `json:"batch"`
 	ImagesPerSec      float64 `json:"images_per_sec"`
-	Error             string  `json:"error,omitempty"` // the model cannot run this configuration
+	CPUCores          float64 `json:"cpu_cores"`         // the process's CPU while it ran
+	CoreMSPerImage    float64 `json:"core_ms_per_image"` // CPU per image, in milliseconds of one core
+	Error             string  `json:"error,omitempty"`   // the model cannot run this configuration
 }
 
 // Report is what ortbench prints.
@@ -55,6 +61,9 @@ type Report struct {
 	Runs       []Run   `json:"runs"`
 	BestBatch1 *Run    `json:"best_batch1"`
 	Best       *Run    `json:"best"`
+	// ModelRunMS is the time of one model run at batch 1 on one thread, with
+	// nothing else running (single_b1): the floor under one request's latency.
+	ModelRunMS float64 `json:"model_run_ms,omitempty"`
 	// SideBySideGain is side_by_side_b1 / one_session_b1: how much more the server's
 	// shape gets out of the CPUs than one multi-threaded session, at batch 1.
 	SideBySideGain float64 `json:"side_by_side_gain_batch1,omitempty"`
@@ -86,18 +95,23 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		{Name: "side_by_side_b1", Sessions: n, ThreadsPerSession: 1, Batch: 1},
 		{Name: "one_session_b8", Sessions: 1, ThreadsPerSession: n, Batch: 8},
 		{Name: "side_by_side_b8", Sessions: n, ThreadsPerSession: 1, Batch: 8},
+		{Name: "single_b1", Sessions: 1, ThreadsPerSession: 1, Batch: 1},
 	} {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		ips, err := ort.Throughput(*model, r.Sessions, r.ThreadsPerSession, r.Batch, *d)
+		sp, err := ort.Throughput(*model, r.Sessions, r.ThreadsPerSession, r.Batch, *d)
 		if err != nil {
 			if r.Batch == 1 {
 				return err // the model is unusable
 			}
 			r.Error = err.Error()
 		}
-		r.ImagesPerSec = round1(ips)
+		r.ImagesPerSec, r.CPUCores = round1(sp.ImagesPerSec), round2(sp.CPUCores)
+		r.CoreMSPerImage = round2(sp.CoreMSPerImage())
+		if r.Name == "single_b1" && sp.ImagesPerSec > 0 {
+			rep.ModelRunMS = round2(1000 / sp.ImagesPerSec)
+		}
 		rep.Runs = append(rep.Runs, r)
 	}
 	for i := range rep.Runs {
@@ -128,3 +142,5 @@ func envOr(key, def string) string {
 }
 
 func round1(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }
+
+func round2(v float64) float64 { return float64(int64(v*100+0.5)) / 100 }

@@ -19,11 +19,11 @@ func TestRun(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("%v\n%s", err, out.Bytes())
 	}
-	if len(rep.Runs) != 4 || rep.Best == nil || rep.BestBatch1 == nil || rep.BestBatch1.Batch != 1 {
+	if len(rep.Runs) != 5 || rep.Best == nil || rep.BestBatch1 == nil || rep.BestBatch1.Batch != 1 || rep.ModelRunMS <= 0 {
 		t.Fatalf("report = %s", out.Bytes())
 	}
 	for _, r := range rep.Runs {
-		if r.Error != "" || r.ImagesPerSec <= 0 {
+		if r.Error != "" || r.ImagesPerSec <= 0 || r.CPUCores <= 0 || r.CoreMSPerImage <= 0 {
 			t.Errorf("run %+v", r)
 		}
 	}

@@ -227,14 +227,16 @@ func TestOpenPool(t *testing.T) {
 
 func TestThroughput(t *testing.T) {
 	initORT(t)
-	ips, err := ort.Throughput(testenv.Model(t), 2, 1, 2, 300*time.Millisecond)
+	sp, err := ort.Throughput(testenv.Model(t), 2, 1, 2, 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ips <= 0 {
-		t.Errorf("Throughput = %v images/s", ips)
+	// Two single-threaded sessions use up to two cores (a little more with the
+	// Go code around them), and more than a fraction of one.
+	if sp.ImagesPerSec <= 0 || sp.CPUCores < 0.3 || sp.CPUCores > 2.5 || sp.CoreMSPerImage() <= 0 {
+		t.Errorf("Throughput = %+v, want images/s > 0 and 0.3 to 2.5 cores", sp)
 	}
-	t.Logf("%.1f images/s", ips)
+	t.Logf("%.1f images/s, %.2f cores, %.2f core-ms per image", sp.ImagesPerSec, sp.CPUCores, sp.CoreMSPerImage())
 	if _, err := ort.Throughput(testenv.Model(t), 0, 1, 1, time.Second); err == nil {
 		t.Error("Throughput of 0 sessions: no error")
 	}
