@@ -3,6 +3,7 @@
 package jpegturbo
 
 import (
+	"bytes"
 	"image"
 	"math"
 	"testing"
@@ -131,6 +132,25 @@ func TestDecodeIntoErrors(t *testing.T) {
 	p := infer.Preprocess{}
 	dst := make([]float32, 3*224*224)
 	good := func(w, h int) *infer.Resampling { return p.Resampling(w, h, infer.NCHW, 224, 224) }
+	// Damage where DecodeInto decodes no pixel: the first rows of a 640x480
+	// frame (above the centre crop, skipped) and its last ones (below it). The
+	// entropy-coded data of skipped rows is still read, so both are found.
+	full, err := Decode(dog, 768, 576)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := encode(t, resize(full, 640, 480))
+	sos := bytes.LastIndex(frame, []byte{0xff, 0xda})
+	top, bottom := bytes.Clone(frame), bytes.Clone(frame)
+	// A marker in the middle of the entropy-coded data: libjpeg warns
+	// (JWRN_HIT_MARKER) where it would otherwise decode garbage as codes.
+	copy(top[sos+300:], []byte{0xff, 0xd0})
+	copy(bottom[len(frame)-3000:], []byte{0xff, 0xd0})
+	for _, d := range [][]byte{top, bottom} {
+		if _, err := Decode(d, 256, 256); err == nil || !err.(*Error).Corrupt() {
+			t.Fatalf("Decode of the damaged frame: %v, want a corrupt *Error", err)
+		}
+	}
 	tests := []struct {
 		name     string
 		data     []byte
@@ -138,6 +158,9 @@ func TestDecodeIntoErrors(t *testing.T) {
 		resample func(w, h int) *infer.Resampling
 		corrupt  bool
 	}{
+		{"damaged above the crop", top, dst, good, true},
+		{"damaged below the crop", bottom, dst, good, true},
+		{"cut below the crop", frame[:len(frame)-300], dst, good, true},
 		{"refused size", dog, dst, func(int, int) *infer.Resampling { return nil }, false},
 		{"resampling for another size", dog, dst, func(w, h int) *infer.Resampling { return good(w+1, h) }, false},
 		{"tensor too short", dog, dst[:100], good, false},

@@ -321,13 +321,15 @@ static int check_taps(const int *start, const int *idx, int n, int size) {
 typedef struct {
 	const jt_resample *rs;
 	int two;           // every column has one or two taps: use i0, w0, i1, w1
-	int *i0, *i1;      // source pixel of each column's taps, times the channels
+	int xoff;          // the first column libjpeg decodes (jpeg_crop_scanline)
+	int *i0, *i1;      // index into the decoded row of each column's taps
 	float *w0, *w1;
 	float *src;        // the decoded row, as floats
 } jt_hfilter;
 
-static void hfilter_init(j_common_ptr c, jt_hfilter *h, const jt_resample *rs, int width, int ch) {
+static void hfilter_init(j_common_ptr c, jt_hfilter *h, const jt_resample *rs, int width, int ch, int xoff) {
 	h->rs = rs;
+	h->xoff = xoff;
 	h->two = 1;
 	for (int i = 0; i < rs->width; i++) {
 		if (rs->xstart[i + 1] - rs->xstart[i] > 2) {
@@ -345,10 +347,10 @@ static void hfilter_init(j_common_ptr c, jt_hfilter *h, const jt_resample *rs, i
 	h->w1 = (float *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, n * sizeof(float));
 	for (int i = 0; i < rs->width; i++) {
 		int t = rs->xstart[i];
-		h->i0[i] = rs->xidx[t] * ch;
+		h->i0[i] = (rs->xidx[t] - xoff) * ch;
 		h->w0[i] = rs->xw[t];
 		if (rs->xstart[i + 1] - t == 2) {
-			h->i1[i] = rs->xidx[t + 1] * ch;
+			h->i1[i] = (rs->xidx[t + 1] - xoff) * ch;
 			h->w1[i] = rs->xw[t + 1];
 		} else {
 			h->i1[i] = h->i0[i];
@@ -357,9 +359,10 @@ static void hfilter_init(j_common_ptr c, jt_hfilter *h, const jt_resample *rs, i
 	}
 }
 
-// hfilter writes a decoded row of ch channels (1 or 3), filtered horizontally,
-// to dst as ch planes of rs->width floats: each value a sum of taps from zero,
-// as infer's rowRGBA and rowGray add them.
+// hfilter writes a decoded row of width pixels of ch channels (1 or 3), from
+// column h->xoff of the image, filtered horizontally, to dst as ch planes of
+// rs->width floats: each value a sum of taps from zero, as infer's rowRGBA and
+// rowGray add them.
 static void hfilter(jt_hfilter *h, float *restrict dst, const unsigned char *restrict row, int width, int ch) {
 	const jt_resample *rs = h->rs;
 	const int W = rs->width;
@@ -386,7 +389,7 @@ static void hfilter(jt_hfilter *h, float *restrict dst, const unsigned char *res
 		for (int i = 0; i < W; i++) {
 			float v = 0;
 			for (int t = start[i]; t < start[i + 1]; t++) {
-				v += w[t] * f[idx[t] * ch + c];
+				v += w[t] * f[(idx[t] - h->xoff) * ch + c];
 			}
 			out[i] = v;
 		}
@@ -417,8 +420,34 @@ void jt_decode_into(const unsigned char *data, size_t size, int scale, int gray,
 	int *tag = (int *)(*c->mem->alloc_small)(c, JPOOL_IMAGE, (size_t)slots * sizeof(int));
 	unsigned char *need = (unsigned char *)(*c->mem->alloc_large)(c, JPOOL_IMAGE, (size_t)height);
 	JSAMPARRAY rows = (*c->mem->alloc_sarray)(c, JPOOL_IMAGE, (JDIMENSION)width * ch, 16);
+	// Decode only the columns and rows the taps read: libjpeg-turbo widens the
+	// columns to whole iMCUs, and still reads the entropy-coded data of the
+	// rows it skips (so damaged data there is still found), but runs no
+	// inverse DCT, upsampling or colour conversion for what is cut.
+	int xmin = width, xmax = 0;
+	for (int t = 0; t < rs->xstart[W]; t++) {
+		xmin = rs->xidx[t] < xmin ? rs->xidx[t] : xmin;
+		xmax = rs->xidx[t] > xmax ? rs->xidx[t] : xmax;
+	}
+	// A margin of an iMCU on every side that is cut: libjpeg's fancy
+	// upsampling of chroma reads the neighbours of each sample, and at the edge
+	// of a crop or skip it has none (it repeats the edge), so the pixels next
+	// to a cut differ from a whole decode's. Past a margin they are the same.
+	int mx = cinfo->max_h_samp_factor * cinfo->min_DCT_scaled_size;
+	int my = cinfo->max_v_samp_factor * cinfo->min_DCT_scaled_size;
+	xmin = xmin - mx > 0 ? xmin - mx : 0;
+	xmax = xmax + mx < width - 1 ? xmax + mx : width - 1;
+	JDIMENSION xoff = 0, cw = (JDIMENSION)width;
+	if (xmin > 0 || xmax < width - 1) {
+		xoff = (JDIMENSION)xmin;
+		cw = (JDIMENSION)(xmax - xmin + 1);
+		jpeg_crop_scanline(cinfo, &xoff, &cw);
+		if ((int)xoff > xmin || (int)(xoff + cw) <= xmax) {
+			failf(c, r, "cropped columns miss the resampling's");
+		}
+	}
 	jt_hfilter hf;
-	hfilter_init(c, &hf, rs, width, ch);
+	hfilter_init(c, &hf, rs, (int)cw, ch, (int)xoff);
 	for (int s = 0; s < slots; s++) {
 		tag[s] = -1;
 	}
@@ -428,8 +457,12 @@ void jt_decode_into(const unsigned char *data, size_t size, int scale, int gray,
 	}
 
 	const size_t plane = (size_t)W * H;
+	int ymin = rs->yidx[0] - my, ymax = rs->yidx[rs->ystart[H] - 1];
+	if (ymin > 0 && jpeg_skip_scanlines(cinfo, (JDIMENSION)ymin) != (JDIMENSION)ymin) {
+		failf(c, r, "could not skip the rows above the crop");
+	}
 	int oy = 0; // the next output row
-	while (cinfo->output_scanline < cinfo->output_height) {
+	while (cinfo->output_scanline <= (JDIMENSION)ymax) {
 		int y0 = (int)cinfo->output_scanline;
 		JDIMENSION n = jpeg_read_scanlines(cinfo, rows, 16);
 		if (n == 0) {
@@ -440,7 +473,7 @@ void jt_decode_into(const unsigned char *data, size_t size, int scale, int gray,
 			if (!need[y]) {
 				continue;
 			}
-			hfilter(&hf, ring + (size_t)(y % slots) * ncols, rows[i], width, ch);
+			hfilter(&hf, ring + (size_t)(y % slots) * ncols, rows[i], (int)cw, ch);
 			tag[y % slots] = y;
 			// Every output row whose last source row this is: its rows are
 			// consecutive, at most ymax_taps of them, all still in the ring.
@@ -483,6 +516,18 @@ void jt_decode_into(const unsigned char *data, size_t size, int scale, int gray,
 	}
 	if (oy != H) {
 		failf(c, r, "resampling rows past the image");
+	}
+	// Skip the rows below, but read the last one: libjpeg-turbo's skip to the
+	// very end marks the data as read without reading it, and data cut or
+	// damaged there would go unseen.
+	JDIMENSION rest = cinfo->output_height - cinfo->output_scanline;
+	if (rest > 1 && jpeg_skip_scanlines(cinfo, rest - 1) != rest - 1) {
+		failf(c, r, "could not skip the rows below the crop");
+	}
+	while (cinfo->output_scanline < cinfo->output_height) {
+		if (jpeg_read_scanlines(cinfo, rows, 16) == 0) {
+			failf(c, r, "no progress reading scanlines");
+		}
 	}
 	dec_end(&d);
 }
