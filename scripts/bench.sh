@@ -13,7 +13,8 @@
 #      (depth DEPTH); one client one frame at a time (ws-text and post, 224x224);
 #      post with 1 and 8 clients (the original photo), 8 clients 640x480; sse with 1
 #      client (224x224, depth DEPTH); then ortbench and POST 640x480 x 8 clients on
-#      the ResNet-18-sized model (RESNET_MODEL), in a table of their own;
+#      the ResNet-18-sized model (RESNET_MODEL), in a table of their own; ortbench
+#      runs again after the MobileNet rows, to show the machine's drift;
 #   5. the scenarios (SCENARIOS), on a fresh server started with --max-streams raised
 #      to STREAMS + 64 and keys allowing that many connections: idle first (while the
 #      server has not yet grown its heap under load, so that its RSS growth is the
@@ -300,6 +301,8 @@ if [ "$THROUGHPUT" != 0 ]; then
 	run post-c8-orig --mode post --clients 8 --size orig
 	run post-c8-640x480 --mode post --clients 8 --size 640x480
 	run sse-c1-224x224 --mode sse --clients 1 --depth "$DEPTH" --size 224x224
+	# ortbench again, the server idle: how far the machine drifted during the runs.
+	ortbench_run "$MODEL" "$OUT/ortbench-after.json"
 	stop_server
 fi
 
@@ -352,6 +355,13 @@ ort_flag=()
 	printf 'Machine: %s cores, %s; %s.\n\n' "$(nproc)" \
 		"$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || echo unknown CPU)" "$(go version | cut -d' ' -f3)"
 	[ -z "${main_ort_note:-}" ] || printf '%s\n\n' "$main_ort_note"
+	if [ -s "$ort_json" ] && [ -s "$OUT/ortbench-after.json" ]; then
+		# The ratios use the figure from before the runs; this says how much the
+		# machine itself moved while they ran.
+		awk 'FNR == 1 { f++ } /"best":/ { b = 1 } b && /"images_per_sec"/ { gsub(/[^0-9.]/, "", $2); v[f] = $2; b = 0 }
+			END { if (v[1] > 0 && v[2] > 0) printf "Raw ONNX Runtime after the runs: best %.0f img/s (%+.1f%% from before them: the machine'"'"'s drift).\n\n", v[2], (v[2] / v[1] - 1) * 100 }' \
+			"$ort_json" "$OUT/ortbench-after.json"
+	fi
 	"$tmp/loadgen" report "${ort_flag[@]}" --goals mobilenet "${runs[@]}"
 	printf '\nframes/s: successful answers per second in the window; latency: send to answer, per frame.\n'
 	printf 'Ratios: frames/s ÷ raw ONNX Runtime images/s of ortbench (best setup; best at batch 1).\n'
