@@ -94,8 +94,8 @@ type Options struct {
 	// image again with image/jpeg and Fill dst from it. jpegturbo.DecodeInto
 	// writes exactly what Fill writes for jpegturbo.Decode's image, at well
 	// under the cost of both (jpegturbo's BenchmarkPrepare: 0.36 against 0.75
-	// ms for a 224x224 frame, 1.5 against 2.2 ms for a 640x480 one). Result.PreprocessMS is then 0: DecodeMS counts
-	// both.
+	// ms for a 224x224 frame, 1.5 against 2.2 ms for a 640x480 one).
+	// Result.PreprocessMS is then 0: DecodeMS counts both.
 	DecodeJPEGInto func(dst []float32, data []byte, minW, minH int, resample func(w, h int) *Resampling) error
 
 	now func() time.Time // the clock; nil means time.Now (tests set it)
