@@ -355,18 +355,22 @@ ort_flag=()
 	printf 'Machine: %s cores, %s; %s.\n\n' "$(nproc)" \
 		"$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || echo unknown CPU)" "$(go version | cut -d' ' -f3)"
 	[ -z "${main_ort_note:-}" ] || printf '%s\n\n' "$main_ort_note"
+	"$tmp/loadgen" report "${ort_flag[@]}" --goals mobilenet "${runs[@]}"
 	if [ -s "$ort_json" ] && [ -s "$OUT/ortbench-after.json" ]; then
 		# The ratios use the figure from before the runs; this says how much the
 		# machine itself moved while they ran.
 		awk 'FNR == 1 { f++ } /"best":/ { b = 1 } b && /"images_per_sec"/ { gsub(/[^0-9.]/, "", $2); v[f] = $2; b = 0 }
-			END { if (v[1] > 0 && v[2] > 0) printf "Raw ONNX Runtime after the runs: best %.0f img/s (%+.1f%% from before them: the machine'"'"'s drift).\n\n", v[2], (v[2] / v[1] - 1) * 100 }' \
+			END { if (v[1] > 0 && v[2] > 0) printf "\nRaw ONNX Runtime after the runs: best %.0f img/s (%+.1f%% from before them: the machine'"'"'s drift).\n", v[2], (v[2] / v[1] - 1) * 100 }' \
 			"$ort_json" "$OUT/ortbench-after.json"
 	fi
-	"$tmp/loadgen" report "${ort_flag[@]}" --goals mobilenet "${runs[@]}"
 	printf '\nframes/s: successful answers per second in the window; latency: send to answer, per frame.\n'
 	printf 'Ratios: frames/s ÷ raw ONNX Runtime images/s of ortbench (best setup; best at batch 1).\n'
 	printf 'CPU in cores during the window: the server, loadgen, and every other process of the machine.\n'
 	printf 'server core-ms/frame: the server CPU per answered frame; over ORT: minus ortbench'"'"'s CPU per image (best setup).\n'
+	if [ -n "$SCENARIOS" ]; then
+		printf 'Goal scenarios: on a fresh server with --max-streams %s (after SERVER_FLAGS); one user holding\n' $((STREAMS + 64))
+		printf 'the streams (and the greedy clients), the light client another user; frames of 224x224.\n'
+	fi
 	resnet_runs=("$OUT"/resnet/[0-9]*.json)
 	if [ -e "${resnet_runs[0]}" ]; then
 		printf '\n### ResNet-18-sized model `%s`\n\n' "$RESNET_MODEL"
@@ -374,10 +378,6 @@ ort_flag=()
 		resnet_ort=()
 		[ -s "$OUT/resnet/ortbench.json" ] && resnet_ort=(--ort "$OUT/resnet/ortbench.json")
 		"$tmp/loadgen" report "${resnet_ort[@]}" --goals resnet "${resnet_runs[@]}"
-	fi
-	if [ -n "$SCENARIOS" ]; then
-		printf 'Goal scenarios: on a fresh server with --max-streams %s (after SERVER_FLAGS); one user holding\n' $((STREAMS + 64))
-		printf 'the streams (and the greedy clients), the light client another user; frames of 224x224.\n'
 	fi
 	for log in "$OUT"/server*.log; do
 		errors=$(grep -c 'level=ERROR' "$log" || true)
