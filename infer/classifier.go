@@ -425,6 +425,11 @@ type worker struct {
 	probs   []float64 // one image's classes
 	batch   []*job    // taken from the queue
 	ready   []*job    // decoded into input, in order
+	// rs is the last Resampling made for Options.DecodeJPEGInto, its taps in
+	// taps: frames of a stream are mostly of one size, so it is made again only
+	// when the size changes.
+	rs   *Resampling
+	taps scratch
 }
 
 func (c *Classifier) work(b Backend) {
@@ -479,7 +484,7 @@ func (c *Classifier) process(w *worker, taken time.Time) (worked int) {
 		}
 		worked++
 		j.res = &Result{QueueMS: ms(taken.Sub(j.start))}
-		if err := c.prepare(j, w.input[len(w.ready)*c.size:][:c.size]); err != nil {
+		if err := c.prepare(w, j, w.input[len(w.ready)*c.size:][:c.size]); err != nil {
 			j.res = nil
 			j.finish(nil, err)
 			continue
@@ -515,9 +520,9 @@ func (c *Classifier) process(w *worker, taken time.Time) (worked int) {
 	return worked
 }
 
-// prepare decodes j's image and writes it into dst. The decode holds its
-// estimated memory from c.mem until the image is written.
-func (c *Classifier) prepare(j *job, dst []float32) (err error) {
+// prepare decodes j's image and writes it into dst, for worker w. The decode
+// holds its estimated memory from c.mem until the image is written.
+func (c *Classifier) prepare(w *worker, j *job, dst []float32) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("infer: internal error preprocessing: %v", r)
@@ -534,14 +539,15 @@ func (c *Classifier) prepare(j *job, dst []float32) (err error) {
 		extra: func(w, h int64) int64 { return fillBytes(w, h, c.info.Width, c.info.Height) },
 	}
 	if c.jpeg != nil && c.jpeg.into != nil {
-		s := scratchPool.Get().(*scratch)
-		defer scratchPool.Put(s)
 		opt.into = func(data []byte, maxW, maxH int) error {
-			return c.jpeg.into(dst, data, c.jpeg.minW, c.jpeg.minH, func(w, h int) *Resampling {
-				if w <= 0 || h <= 0 || w > maxW || h > maxH {
+			return c.jpeg.into(dst, data, c.jpeg.minW, c.jpeg.minH, func(sw, sh int) *Resampling {
+				if sw <= 0 || sh <= 0 || sw > maxW || sh > maxH {
 					return nil
 				}
-				return c.opt.Preprocess.resampling(s, w, h, c.info.Layout, c.info.Width, c.info.Height)
+				if w.rs == nil || w.rs.SrcWidth != sw || w.rs.SrcHeight != sh {
+					w.rs = c.opt.Preprocess.resampling(&w.taps, sw, sh, c.info.Layout, c.info.Width, c.info.Height)
+				}
+				return w.rs
 			})
 		}
 	}
