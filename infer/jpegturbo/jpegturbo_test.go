@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/infergate/infergate/infer"
 	"github.com/infergate/infergate/internal/testenv"
 )
 
@@ -382,10 +383,30 @@ func TestDecoderLimits(t *testing.T) {
 		{"libjpeg memory enough", Decoder{MaxMemory: 7 << 20}, prog, 8, 8, ""},
 		{"image memory", Decoder{MaxMemory: 1 << 20}, prog, 1000, 1000, "a 1000x1000 image is 4000000 bytes, over the limit of 1048576"},
 	}
+	// DecodeInto stops at the same limits. It makes no image, so the last case
+	// stops at libjpeg's own memory instead: the coefficients of the progressive
+	// JPEG (6 MB) are over the whole 1 MiB.
+	dst := make([]float32, 3*8*8)
+	resample := func(w, h int) *infer.Resampling { return infer.Preprocess{}.Resampling(w, h, infer.NCHW, 8, 8) }
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			img, err := tt.d.Decode(tt.data, tt.minW, tt.minH)
+			errInto := tt.d.DecodeInto(make([]float32, len(dst)), tt.data, tt.minW, tt.minH, resample)
+			intoMessage := tt.message
+			if tt.name == "image memory" {
+				intoMessage = "decoding needs more than 1048576 bytes of libjpeg memory"
+			}
+			if intoMessage == "" {
+				if errInto != nil {
+					t.Errorf("DecodeInto: %v", errInto)
+				}
+			} else {
+				var e *Error
+				if !errors.As(errInto, &e) || !e.OverLimit() || e.Corrupt() || !strings.Contains(errInto.Error(), intoMessage) {
+					t.Errorf("DecodeInto = %v; want an over-limit *Error %q", errInto, intoMessage)
+				}
+			}
 			if tt.message == "" {
 				if err != nil {
 					t.Fatal(err)
