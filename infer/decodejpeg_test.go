@@ -185,41 +185,68 @@ func TestClassifyDecodeJPEGSize(t *testing.T) {
 
 func TestClassifyDecodeJPEGBadInput(t *testing.T) {
 	needTurbo(t)
-	var calls sync.Map
-	c := mobileNet(t, 1, infer.Options{DecodeJPEG: func(data []byte, minW, minH int) (image.Image, error) {
-		calls.Store(len(data), true)
-		return jpegturbo.Decode(data, minW, minH)
-	}})
 	dog := testenv.ReadImage(t, "dog.jpg")
 	huge := readTestdata(t, "huge.jpg")
-	for _, tt := range []struct {
-		name string
-		data []byte
-		want error
-	}{
-		{"truncated", dog[:len(dog)/2], infer.ErrInvalidImage},
-		{"tiny truncated", readTestdata(t, "truncated.jpg"), infer.ErrInvalidImage},
-		{"no end marker", dog[:len(dog)-2], infer.ErrInvalidImage},
-		{"huge header", huge, infer.ErrTooLarge},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			res, err := c.Classify(context.Background(), tt.data, 5)
-			if !errors.Is(err, tt.want) || res != nil {
-				t.Errorf("Classify = %v, %v; want %v", res, err, tt.want)
+	yuv444 := [][2]int{{1, 1}, {1, 1}, {1, 1}}
+	prog := testenv.FlatJPEG(64, 48, yuv444, testenv.StandardScans) // 10 scans
+	// Each way libjpeg-turbo plugs in: an image (DecodeJPEG), or straight into
+	// the input (DecodeJPEGInto). Both stop at 4 scans here, so that a limit of
+	// the decoder's own is met too.
+	turbo := jpegturbo.Decoder{MaxScans: 4}
+	for _, kind := range []string{"DecodeJPEG", "DecodeJPEGInto"} {
+		t.Run(kind, func(t *testing.T) {
+			var calls sync.Map
+			opt := infer.Options{DecodeJPEG: func(data []byte, minW, minH int) (image.Image, error) {
+				calls.Store(len(data), true)
+				return turbo.Decode(data, minW, minH)
+			}}
+			if kind == "DecodeJPEGInto" {
+				opt = infer.Options{DecodeJPEGInto: func(dst []float32, data []byte, minW, minH int, rs func(w, h int) *infer.Resampling) error {
+					calls.Store(len(data), true)
+					return turbo.DecodeInto(dst, data, minW, minH, rs)
+				}}
 			}
-			t.Log(err)
+			c := mobileNet(t, 1, opt)
+			for _, tt := range []struct {
+				name string
+				data []byte
+				want error
+			}{
+				{"truncated", dog[:len(dog)/2], infer.ErrInvalidImage},
+				{"tiny truncated", readTestdata(t, "truncated.jpg"), infer.ErrInvalidImage},
+				{"no end marker", dog[:len(dog)-2], infer.ErrInvalidImage},
+				{"huge header", huge, infer.ErrTooLarge},
+				{"over the decoder's scan limit", prog, infer.ErrTooLarge},
+			} {
+				t.Run(tt.name, func(t *testing.T) {
+					res, err := c.Classify(context.Background(), tt.data, 5)
+					if !errors.Is(err, tt.want) || res != nil {
+						t.Errorf("Classify = %v, %v; want %v", res, err, tt.want)
+					}
+					t.Log(err)
+				})
+			}
+			if _, ok := calls.Load(len(huge)); ok {
+				t.Errorf("%s was called for the huge header", kind)
+			}
+			if _, ok := calls.Load(len(prog)); !ok {
+				t.Errorf("%s was not called for the progressive JPEG", kind)
+			}
 		})
 	}
-	if _, ok := calls.Load(len(huge)); ok {
-		t.Error("DecodeJPEG was called for the huge header")
-	}
-	// A JPEG that image/jpeg decodes after DecodeJPEG fails: tiny.jpg is not
-	// corrupt, but a DecodeJPEG that cannot read it falls back.
-	c2 := mobileNet(t, 1, infer.Options{DecodeJPEG: func([]byte, int, int) (image.Image, error) {
-		return nil, jpegturbo.ErrUnavailable
-	}})
-	res, err := c2.Classify(context.Background(), readTestdata(t, "tiny.jpg"), 1)
-	if err != nil || res.Decoder != "image/jpeg" {
-		t.Errorf("Classify = %+v, %v; want image/jpeg's result", res, err)
+	// A JPEG that image/jpeg decodes after DecodeJPEG (or DecodeJPEGInto)
+	// fails: tiny.jpg is not corrupt, but a decoder that cannot read it falls
+	// back.
+	for _, opt := range []infer.Options{
+		{DecodeJPEG: func([]byte, int, int) (image.Image, error) { return nil, jpegturbo.ErrUnavailable }},
+		{DecodeJPEGInto: func([]float32, []byte, int, int, func(w, h int) *infer.Resampling) error {
+			return jpegturbo.ErrUnavailable
+		}},
+	} {
+		c := mobileNet(t, 1, opt)
+		res, err := c.Classify(context.Background(), readTestdata(t, "tiny.jpg"), 1)
+		if err != nil || res.Decoder != "image/jpeg" || res.PreprocessMS <= 0 {
+			t.Errorf("Classify = %+v, %v; want image/jpeg's result, preprocessed by Fill", res, err)
+		}
 	}
 }

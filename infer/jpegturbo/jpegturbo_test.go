@@ -386,13 +386,12 @@ func TestDecoderLimits(t *testing.T) {
 	// DecodeInto stops at the same limits. It makes no image, so the last case
 	// stops at libjpeg's own memory instead: the coefficients of the progressive
 	// JPEG (6 MB) are over the whole 1 MiB.
-	dst := make([]float32, 3*8*8)
 	resample := func(w, h int) *infer.Resampling { return infer.Preprocess{}.Resampling(w, h, infer.NCHW, 8, 8) }
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			img, err := tt.d.Decode(tt.data, tt.minW, tt.minH)
-			errInto := tt.d.DecodeInto(make([]float32, len(dst)), tt.data, tt.minW, tt.minH, resample)
+			errInto := tt.d.DecodeInto(make([]float32, 3*8*8), tt.data, tt.minW, tt.minH, resample)
 			intoMessage := tt.message
 			if tt.name == "image memory" {
 				intoMessage = "decoding needs more than 1048576 bytes of libjpeg memory"
