@@ -18,6 +18,20 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
+// JT_AVX2_CLONE compiles a function twice, for AVX2 and for the baseline, and
+// picks one when the program starts (an ifunc), where GCC or clang can: the
+// resampling's loops then take eight floats at a time instead of four (224x224
+// frames: 0.37 -> 0.34 ms per decode, BenchmarkPrepare). The results are the same
+// to the bit: AVX2 brings no fused multiply-add (that is FMA, which neither
+// clone gets), and every value is computed by the same operations in the same
+// order, only more of them at once.
+#if defined(__x86_64__) && defined(__GLIBC__) && \
+	((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 6) || (defined(__clang__) && __clang_major__ >= 14))
+#define JT_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
+#else
+#define JT_AVX2_CLONE
+#endif
+
 #ifndef JCS_EXTENSIONS
 #error "package jpegturbo needs libjpeg-turbo (JCS_EXT_RGBA): install libjpeg62-turbo-dev, or build with -tags nojpegturbo"
 #endif
@@ -363,6 +377,7 @@ static void hfilter_init(j_common_ptr c, jt_hfilter *h, const jt_resample *rs, i
 // column h->xoff of the image, filtered horizontally, to dst as ch planes of
 // rs->width floats: each value a sum of taps from zero, as infer's rowRGBA and
 // rowGray add them.
+JT_AVX2_CLONE
 static void hfilter(jt_hfilter *h, float *restrict dst, const unsigned char *restrict row, int width, int ch) {
 	const jt_resample *rs = h->rs;
 	const int W = rs->width;
@@ -396,6 +411,7 @@ static void hfilter(jt_hfilter *h, float *restrict dst, const unsigned char *res
 	}
 }
 
+JT_AVX2_CLONE
 void jt_decode_into(const unsigned char *data, size_t size, int scale, int gray,
 	int width, int height, const jt_resample *rs, float *dst, const jt_limits *lim, jt_result *r) {
 	jt_dec d;
