@@ -699,3 +699,17 @@ func TestSecondHandle(t *testing.T) {
 		t.Errorf("server counts %d users, %v; want 11", n, err)
 	}
 }
+
+// BenchmarkAuthenticate measures one authentication of a valid key: what every
+// POST and every stream's authentication pays, on both dialects.
+func BenchmarkAuthenticate(b *testing.B) {
+	db := openTest(b)
+	key, _, _ := newKey(b, db, "bench@example.com")
+	ctx := context.Background()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := db.Authenticate(ctx, key); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
