@@ -103,10 +103,11 @@ func TestBurstAnswered(t *testing.T) {
 		}
 	}
 	cls := realModel(t)
-	// How many jobs the bound admits at the measured speed (2 workers). On an idle
-	// machine that is far more than this burst; under -race on a busy one it can
-	// be fewer, and then refusals beyond it are the bound working, not a failure.
-	capacity := int(2 * time.Second / (cls.ImageTime() / 2))
+	// How many jobs the bound admits at the measured speed (2 workers), below. On
+	// an idle machine that is far more than this burst; under -race on a busy one
+	// it can be fewer, and then refusals beyond it are the bound working, not a
+	// failure.
+	before := cls.ImageTime()
 
 	// 10 users x 10 requests: more than the 64 images the count-bounded queue
 	// held (and under --max-bodies, 128).
@@ -133,7 +134,12 @@ func TestBurstAnswered(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	t.Logf("answers by status %v; %v per image; about %d within the bound", codes, cls.ImageTime(), capacity)
+	// The estimate follows the burst's own batches: on a machine busy with other
+	// tests it can rise during it, and then the bound admits fewer. Judge by the
+	// slower of the two estimates, before and after.
+	perImage := max(before, cls.ImageTime())
+	capacity := int(2 * time.Second / (perImage / 2))
+	t.Logf("answers by status %v; %v per image before the burst, %v after; about %d within the bound", codes, before, cls.ImageTime(), capacity)
 	// The count-bounded queue answered 66 (64 waiting, 2 running) whatever the speed.
 	// Allow a fifth for the estimate moving during the burst.
 	want := min(users*each, capacity*4/5)
