@@ -182,6 +182,16 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, errorf(CodeImageTooLarge, "the body is %d bytes, limit is %d", r.ContentLength, limit)
 	}
+	if r.ContentLength > 0 {
+		// The size is known (net/http holds the body to it): one buffer of that
+		// size, not io.ReadAll's growth from 512 bytes, which copies a 90 KB
+		// body about twice over in a dozen allocations.
+		body := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, errorf(CodeInvalidRequest, "reading the body: %v", err)
+		}
+		return body, nil
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		return nil, errorf(CodeInvalidRequest, "reading the body: %v", err)

@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -841,6 +842,41 @@ func TestReadinessStates(t *testing.T) {
 			json.Unmarshal(body, &info)
 			if resp.StatusCode != 200 || info.Status != tc.status {
 				t.Fatalf("model info: %d %s, want status %q", resp.StatusCode, body, tc.status)
+			}
+		})
+	}
+}
+
+// TestReadBody covers the two ways a POST body is read: into one buffer of the
+// declared size, or grown under the limit when the size is not declared.
+func TestReadBody(t *testing.T) {
+	const limit = 100
+	body := bytes.Repeat([]byte{7}, 60)
+	for _, c := range []struct {
+		name     string
+		body     []byte
+		declared int64 // Content-Length; -1 unknown
+		code     string
+	}{
+		{name: "declared", body: body, declared: 60},
+		{name: "declared at the limit", body: bytes.Repeat([]byte{7}, limit), declared: limit},
+		{name: "declared over the limit", body: body, declared: limit + 1, code: CodeImageTooLarge},
+		{name: "shorter than declared", body: body, declared: 80, code: CodeInvalidRequest},
+		{name: "unknown size", body: body, declared: -1},
+		{name: "unknown size over the limit", body: bytes.Repeat([]byte{7}, limit+1), declared: -1, code: CodeImageTooLarge},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := httptest.NewRequest("POST", "/v1/classify", bytes.NewReader(c.body))
+			r.ContentLength = c.declared
+			got, err := readBody(r, limit)
+			if c.code != "" {
+				if err == nil || toError(err).Code != c.code {
+					t.Fatalf("err %v, want code %s", err, c.code)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(got, c.body) {
+				t.Fatalf("got %d bytes, err %v; want the %d bytes sent", len(got), err, len(c.body))
 			}
 		})
 	}
