@@ -161,8 +161,7 @@ func (db *DB) Authenticate(ctx context.Context, key string) (*Principal, error) 
 		}
 		return nil, fmt.Errorf("storage: authenticate: %w", err)
 	}
-	if subtle.ConstantTimeCompare([]byte(row.Hash), []byte(h)) != 1 || row.RevokedAt != nil ||
-		row.User == nil || row.User.DisabledAt != nil {
+	if subtle.ConstantTimeCompare([]byte(row.Hash), []byte(h)) != 1 || row.RevokedAt != nil || !row.userActive() {
 		return nil, ErrUnauthorized
 	}
 	db.lastUsed.record(row.ID, utc(db.now()))
@@ -177,6 +176,12 @@ type keyWithUser struct {
 	User   *User `bun:"rel:belongs-to,join:user_id=id"`
 }
 
+// userActive reports whether the join found the key's user (the join is a LEFT
+// JOIN: a missing user comes back empty) and that user is not disabled.
+func (k *keyWithUser) userActive() bool {
+	return k.User != nil && k.User.ID == k.UserID && k.User.DisabledAt == nil
+}
+
 // PrincipalByKey returns the key with id and its user, as Authenticate does for a
 // key's secret: ErrUnauthorized when the key is unknown or revoked or its user is
 // disabled. A replica that takes over another's stream uses it to act as the
@@ -189,7 +194,7 @@ func (db *DB) PrincipalByKey(ctx context.Context, id int64) (*Principal, error) 
 		}
 		return nil, fmt.Errorf("storage: principal by key: %w", err)
 	}
-	if row.RevokedAt != nil || row.User == nil || row.User.DisabledAt != nil {
+	if row.RevokedAt != nil || !row.userActive() {
 		return nil, ErrUnauthorized
 	}
 	return &Principal{Key: row.APIKey, User: *row.User}, nil
