@@ -177,9 +177,10 @@ type keyWithUser struct {
 }
 
 // userActive reports whether the join found the key's user (the join is a LEFT
-// JOIN: a missing user comes back empty) and that user is not disabled.
+// JOIN: bun leaves User nil when the user row is missing) and that user is not
+// disabled.
 func (k *keyWithUser) userActive() bool {
-	return k.User != nil && k.User.ID == k.UserID && k.User.DisabledAt == nil
+	return k.User != nil && k.User.DisabledAt == nil
 }
 
 // PrincipalByKey returns the key with id and its user, as Authenticate does for a

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -710,5 +711,43 @@ func BenchmarkAuthenticate(b *testing.B) {
 		if _, err := db.Authenticate(ctx, key); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestAuthenticateUserGone checks the key of a user row that is gone: the join
+// that reads both is a LEFT JOIN, and such a key must be refused, not taken with
+// an empty user (whose zero limits would mean no limits). The foreign key keeps
+// this from happening; the test removes the user behind its back (SQLite:
+// foreign_keys off; PostgreSQL: replication role, which skips the constraint's
+// triggers) on one connection of the writer's pool.
+func TestAuthenticateUserGone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openTest(t)
+	key, k, u := newKey(t, db, "gone@example.com")
+	if _, err := db.Authenticate(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+
+	conn, err := db.w.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off, on := "PRAGMA foreign_keys = OFF", "PRAGMA foreign_keys = ON"
+	if onPostgres {
+		off, on = "SET session_replication_role = replica", "SET session_replication_role = DEFAULT"
+	}
+	for _, q := range []string{off, "DELETE FROM users WHERE id = " + strconv.FormatInt(u.ID, 10), on} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	conn.Close()
+
+	if p, err := db.Authenticate(ctx, key); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("Authenticate = %+v, %v; want ErrUnauthorized", p, err)
+	}
+	if p, err := db.PrincipalByKey(ctx, k.ID); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("PrincipalByKey = %+v, %v; want ErrUnauthorized", p, err)
 	}
 }
