@@ -96,9 +96,10 @@ type decodeOptions struct {
 	// extra is the memory the caller needs besides the decoder's for an image
 	// of w x h pixels: the preprocessing's.
 	extra func(w, h int64) int64
-	// into, if set with scaled.into, decodes a JPEG straight into the
-	// caller's input tensor (Options.DecodeJPEGInto), refusing an image
-	// larger than maxW x maxH; decode then returns no image, and filled.
+	// into, if set (with scaled, which it is made from), decodes a JPEG
+	// straight into the caller's input tensor (Options.DecodeJPEGInto),
+	// refusing an image larger than maxW x maxH; decode then returns no image,
+	// and filled.
 	into func(data []byte, maxW, maxH int) error
 }
 
@@ -193,7 +194,7 @@ func decode(data []byte, lim Limits, codecs []codec, opt decodeOptions) (d decod
 			return decoded{}, err
 		}
 		var img image.Image
-		if opt.into != nil && opt.scaled.into != nil {
+		if opt.into != nil {
 			err = opt.into(data, cfg.Width, cfg.Height)
 			if err == nil {
 				return decoded{format: f.name, decoder: decodeJPEGIntoName, width: cfg.Width, height: cfg.Height, filled: true, release: held}, nil
